@@ -1,0 +1,1 @@
+"""scenestore: a raw data store for Sentinel-2 L2A scenes."""
