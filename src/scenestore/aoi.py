@@ -1,0 +1,128 @@
+"""Areas of interest and date ranges: accepted forms and their normalised forms (pure)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import shapely.geometry
+from shapely.geometry.base import BaseGeometry
+from shapely.ops import unary_union
+
+from scenestore.errors import InvalidRequestError
+
+BBox = tuple[float, float, float, float]
+BBoxLike = str | Sequence[float]
+
+
+def parse_bbox(value: BBoxLike) -> BBox:
+    """Normalise ``"W,S,E,N"`` or a 4-sequence into a validated lon/lat bbox.
+
+    Raises:
+        InvalidRequestError: If it is not four numbers with W < E, S < N, within -180..180 and
+            -90..90.
+    """
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        numbers = [float(p) for p in parts]
+    except (TypeError, ValueError):
+        raise InvalidRequestError(
+            f"Invalid bbox {value!r}; expected four numbers W,S,E,N in degrees."
+        ) from None
+    if len(numbers) != 4:
+        raise InvalidRequestError(
+            f"Invalid bbox {value!r}: {len(numbers)} numbers; expected four, W,S,E,N."
+        )
+    w, s, e, n = numbers
+    if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= 90 and -90 <= n <= 90):
+        raise InvalidRequestError(
+            f"Invalid bbox {value!r}: outside lon -180..180 / lat -90..90; expected degrees."
+        )
+    if w >= e or s >= n:
+        raise InvalidRequestError(
+            f"Invalid bbox {value!r}: min must be below max (W < E and S < N); expected W,S,E,N."
+        )
+    return (w, s, e, n)
+
+
+def parse_geojson(value: Mapping[str, Any] | str | Path) -> BaseGeometry:
+    """Normalise a GeoJSON geometry, Feature, FeatureCollection, JSON text or file to a geometry.
+
+    Raises:
+        InvalidRequestError: If the file is missing or the JSON is not valid GeoJSON.
+    """
+    source = value
+    if isinstance(value, Path) or (isinstance(value, str) and not value.lstrip().startswith("{")):
+        path = Path(value)
+        try:
+            value = path.read_text()
+        except OSError as err:
+            raise InvalidRequestError(
+                f"Cannot read AOI file {str(path)!r}: {err.strerror}; expected a GeoJSON file."
+            ) from err
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise InvalidRequestError(
+                f"AOI {_short(source)} is not valid JSON ({err.msg} at line {err.lineno}); "
+                "expected a GeoJSON geometry, Feature or FeatureCollection."
+            ) from err
+    try:
+        kind = value.get("type") if isinstance(value, Mapping) else None
+        if kind == "FeatureCollection":
+            geoms = [shapely.geometry.shape(f["geometry"]) for f in value["features"]]
+            if not geoms:
+                raise ValueError("no features")
+            geom = unary_union(geoms)
+        elif kind == "Feature":
+            geom = shapely.geometry.shape(value["geometry"])
+        else:
+            geom = shapely.geometry.shape(value)
+    except Exception as err:  # shapely raises many types for malformed input
+        raise InvalidRequestError(
+            f"AOI {_short(source)} is not valid GeoJSON ({err}); expected a geometry, Feature or "
+            "FeatureCollection with Polygon or MultiPolygon coordinates in lon/lat."
+        ) from err
+    if geom.is_empty or not geom.is_valid:
+        raise InvalidRequestError(
+            f"AOI {_short(source)} is empty or self-intersecting; expected a valid polygon."
+        )
+    parse_bbox(geom.bounds if geom.area > 0 else _pad(geom.bounds))
+    return geom
+
+
+def parse_date(value: str | date, *, name: str = "date") -> date:
+    """Normalise ``YYYY-MM-DD`` text or a date.
+
+    Raises:
+        InvalidRequestError: If the text is not a calendar date.
+    """
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise InvalidRequestError(f"Invalid {name} {value!r}; expected YYYY-MM-DD.") from None
+
+
+def check_date_range(start: date, end: date) -> None:
+    """Raise InvalidRequestError unless ``start <= end``."""
+    if end < start:
+        raise InvalidRequestError(
+            f"End date {end.isoformat()!r} is before start date {start.isoformat()!r}; expected "
+            "end on or after start."
+        )
+
+
+def _pad(bounds: tuple[float, ...]) -> tuple[float, ...]:
+    w, s, e, n = bounds
+    return (w - 1e-6, s - 1e-6, e + 1e-6, n + 1e-6)
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, Path) else repr(str(value))
+    return text if len(text) <= 60 else text[:57] + "...'"

@@ -1,0 +1,286 @@
+"""The ``scenestore`` command line: search, ingest, ls, info and the offline world.
+
+Every user mistake ends as one line on stderr naming the bad value, with exit code 2; a
+scene that fails during ingest is listed in the summary and makes the exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from scenestore.bands import ALL_BANDS, normalize_bands
+from scenestore.errors import InvalidRequestError, ScenestoreError
+from scenestore.redact import redact
+
+app = typer.Typer(
+    name="scenestore",
+    help="A raw data store for Sentinel-2 L2A scenes (STAC -> odc-stac -> zarr v3).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_USER_ERROR = 2
+EXIT_SCENE_FAILED = 1
+
+StacUrl = Annotated[
+    str | None,
+    typer.Option("--stac-url", envvar="SCENESTORE_STAC_URL", help="STAC API root URL."),
+]
+ProfileOpt = Annotated[str, typer.Option("--profile", help="Provider profile.")]
+BBoxOpt = Annotated[str | None, typer.Option("--bbox", help="W,S,E,N in degrees.")]
+AoiOpt = Annotated[Path | None, typer.Option("--aoi", help="GeoJSON file with the AOI.")]
+StartOpt = Annotated[str, typer.Option("--start", help="First day, YYYY-MM-DD.")]
+EndOpt = Annotated[str, typer.Option("--end", help="Last day (inclusive), YYYY-MM-DD.")]
+CloudOpt = Annotated[
+    float | None, typer.Option("--max-cloud", help="Maximum cloud cover in percent.")
+]
+TilesOpt = Annotated[str | None, typer.Option("--tiles", help="MGRS tiles, e.g. 33UUP,33UVP.")]
+StoreOpt = Annotated[Path, typer.Option("--store", help="Store directory.")]
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn scenestore errors into one line on stderr and exit code 2 (no traceback)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ScenestoreError as err:
+            err_console.print(f"[bold red]error:[/] {redact(str(err))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    """Configure logging for every command."""
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+    )
+
+
+def _query(bbox: str | None, aoi: Path | None, start: str, end: str, max_cloud, tiles):
+    from scenestore.search import build_query
+
+    return build_query(start=start, end=end, bbox=bbox, aoi=aoi, max_cloud=max_cloud, tiles=tiles)
+
+
+@app.command()
+@user_errors
+def search(
+    start: StartOpt,
+    end: EndOpt,
+    stac_url: StacUrl = None,
+    profile: ProfileOpt = "earth-search",
+    bbox: BBoxOpt = None,
+    aoi: AoiOpt = None,
+    max_cloud: CloudOpt = None,
+    tiles: TilesOpt = None,
+) -> None:
+    """Search a STAC API and print the matching scenes as a table."""
+    from scenestore.profiles import get_profile, tile_of
+    from scenestore.search import search_scenes
+
+    prof = get_profile(profile)
+    items = search_scenes(_query(bbox, aoi, start, end, max_cloud, tiles), stac_url=stac_url, profile=prof)
+    table = Table(title=f"{len(items)} scenes")
+    for col in ("item", "datetime", "tile", "cloud %", "EPSG"):
+        table.add_column(col)
+    for item in items:
+        p = item.properties
+        table.add_row(
+            item.id,
+            str(p.get("datetime")),
+            tile_of(item.to_dict(transform_hrefs=False)) or "",
+            f"{p.get('eo:cloud_cover', float('nan')):.1f}",
+            str(p.get("proj:epsg") or p.get("proj:code") or ""),
+        )
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def ingest(
+    store: StoreOpt,
+    start: StartOpt,
+    end: EndOpt,
+    stac_url: StacUrl = None,
+    profile: ProfileOpt = "earth-search",
+    bbox: BBoxOpt = None,
+    aoi: AoiOpt = None,
+    max_cloud: CloudOpt = None,
+    tiles: TilesOpt = None,
+    bands: Annotated[str, typer.Option("--bands", help="Comma-separated band names.")] = ",".join(
+        ALL_BANDS
+    ),
+) -> None:
+    """Search, then download the missing bands of every scene found into the store."""
+    from scenestore.ingest import ingest_items
+    from scenestore.search import search_scenes
+    from scenestore.stac import StacStoreManager
+
+    band_list = normalize_bands(bands)
+    query = _query(bbox, aoi, start, end, max_cloud, tiles)
+    manager = StacStoreManager(band_list, store, profile=profile, stac_url=stac_url)
+    manager.check_writable()
+    started = time.perf_counter()
+    items = search_scenes(query, stac_url=manager.stac_url, profile=manager.profile)
+    with Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("", total=len(items))
+        results = ingest_items(
+            manager,
+            items,
+            on_result=lambda r: progress.update(task, advance=1, description=r.identifier),
+        )
+    elapsed = time.perf_counter() - started
+    _print_summary(results, elapsed)
+    if any(r.error for r in results):
+        raise typer.Exit(EXIT_SCENE_FAILED)
+
+
+def _print_summary(results, elapsed: float) -> None:
+    table = Table(title="ingest summary")
+    for col, justify in (("scene", "left"), ("status", "left"), ("bands fetched", "left"),
+                         ("bytes", "right"), ("seconds", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        status = "failed" if r.error else ("stored already" if r.skipped else "fetched")
+        table.add_row(r.identifier, status, ",".join(r.fetched) or "-", _size(r.bytes_written),
+                      f"{r.seconds:.2f}")
+    fetched = sum(len(r.fetched) for r in results)
+    total_bytes = sum(r.bytes_written for r in results)
+    table.add_section()
+    table.add_row(f"{len(results)} scenes", "", f"{fetched} bands", _size(total_bytes), f"{elapsed:.2f}")
+    console.print(table)
+    for r in results:
+        if r.error:
+            err_console.print(f"[red]failed:[/] {r.identifier}: {redact(r.error)}", highlight=False)
+    if results and fetched == 0 and not any(r.error for r in results):
+        console.print("Nothing to download: every band of every scene is already in the store.")
+    elif not results:
+        console.print("No scenes matched the search.")
+
+
+@app.command("ls")
+@user_errors
+def ls_(store: StoreOpt) -> None:
+    """List the scenes in a store with their bands and size."""
+    from scenestore.inventory import list_scenes
+
+    infos = list_scenes(store)
+    table = Table(title=f"{len(infos)} scenes in {store}")
+    for col in ("scene", "bands", "size"):
+        table.add_column(col)
+    for info in infos:
+        table.add_row(info.identifier, ",".join(info.bands) or "(none committed)", _size(info.size_bytes))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def info(store: StoreOpt, identifier: Annotated[str, typer.Argument(help="Scene identifier.")]) -> None:
+    """Show one scene's grid, bands and attributes."""
+    import zarr
+
+    from scenestore.inventory import band_details, scene_info
+    from scenestore.layout import scene_path
+
+    meta = scene_info(store, identifier)
+    group = zarr.open_group(scene_path(store, identifier), mode="r")
+    x, y = group["x"][...], group["y"][...]
+    crs = dict(group["spatial_ref"].attrs).get("crs_wkt", "") if "spatial_ref" in group else ""
+    console.print(f"[bold]{meta.identifier}[/]  ({_size(meta.size_bytes)})")
+    res = float(x[1] - x[0]) if len(x) > 1 else float("nan")
+    console.print(
+        f"grid: {len(y)} x {len(x)} px at {res:g} m, x {x[0]:.1f}..{x[-1]:.1f}, y {y[0]:.1f}..{y[-1]:.1f}"
+        f" (pixel centres), CRS {_crs_name(crs)}"
+    )
+    table = Table(title="bands")
+    for col in ("band", "dtype", "shape", "chunks", "codecs", "committed"):
+        table.add_column(col)
+    for band, d in band_details(store, identifier).items():
+        table.add_row(band, d["dtype"], "x".join(map(str, d["shape"])), "x".join(map(str, d["chunks"])),
+                      ",".join(d["codecs"]), str(d["written_at"]))
+    console.print(table)
+    attrs = Table(title="attributes")
+    attrs.add_column("name")
+    attrs.add_column("value")
+    for k, v in sorted(meta.attrs.items()):
+        attrs.add_row(k, redact(str(v))[:100])
+    console.print(attrs)
+
+
+@app.command()
+@user_errors
+def world(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the world's files live.")] = Path(".world"),
+    scenes: Annotated[int, typer.Option("--scenes", help="Number of scenes.")] = 6,
+    size: Annotated[str, typer.Option("--size", help="tiny, small or full.")] = "tiny",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+) -> None:
+    """Generate (if needed) and serve the offline Sentinel-2 world until interrupted."""
+    from scenestore.world import serve_forever
+
+    if size not in ("tiny", "small", "full"):
+        raise InvalidRequestError(f"Unknown world size {size!r}; expected tiny, small or full.")
+    if scenes < 1:
+        raise InvalidRequestError(f"Number of scenes {scenes} is below 1; expected at least 1.")
+
+    def ready(w: Any) -> None:
+        console.print(f"STAC API: {w.stac_url}")
+        console.print(f"COGs:     {w.data_url}")
+        console.print("Serving until interrupted (Ctrl-C).")
+        sys.stdout.flush()
+
+    serve_forever(directory, scenes=scenes, size=size, seed=seed, on_ready=ready)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def _crs_name(wkt: str) -> str:
+    if not wkt:
+        return "unknown"
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(wkt)
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg} ({crs.name})" if epsg else crs.name
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,118 @@
+"""The commit protocol: a band is present only once its commit record exists.
+
+Writers write all of a band's chunks first and its commit record last. On a local filesystem
+the record is written to a temporary file and renamed into place; rename is atomic on POSIX,
+so a reader sees either no record or a whole one, and a writer killed mid-band leaves no record.
+Overwriting a band removes its record *before* touching any chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from scenestore.layout import COMMITS_DIR, commits_path
+
+RECORD_SUFFIX = ".json"
+_GROUP_METADATA = {"zarr_format": 3, "node_type": "group", "attributes": {"scenestore": "commits"}}
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """What a writer promises about a fully written band.
+
+    Attributes:
+        band: Canonical band name.
+        shape: Array shape (y, x).
+        chunks: Chunk shape (y, x).
+        dtype: Stored dtype name.
+        written_at: ISO 8601 UTC time the band was committed.
+        source: Where the band came from (an href with any query string removed), if known.
+    """
+
+    band: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+    written_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    source: str | None = None
+
+
+def ensure_commits_group(scene: Path) -> Path:
+    """Create the ``_commits`` directory as a zarr group so zarr readers do not warn about it."""
+    path = commits_path(scene)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = path / "zarr.json"
+    if not meta.exists():
+        _atomic_write(meta, json.dumps(_GROUP_METADATA).encode())
+    return path
+
+
+def write_commit(scene: Path, record: CommitRecord) -> None:
+    """Commit a band: atomically write its record. Call only after all its chunks are written."""
+    path = ensure_commits_group(scene) / f"{record.band}{RECORD_SUFFIX}"
+    _atomic_write(path, json.dumps(asdict(record), indent=1).encode())
+
+
+def drop_commit(scene: Path, band: str) -> None:
+    """Withdraw a band's commit record (before overwriting or deleting the band)."""
+    try:
+        (commits_path(scene) / f"{band}{RECORD_SUFFIX}").unlink()
+    except FileNotFoundError:
+        pass
+
+
+def committed_bands(scene: Path) -> set[str]:
+    """Return the bands whose commit record exists; reads one directory listing, nothing else."""
+    try:
+        names = os.listdir(commits_path(scene))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    return {
+        n[: -len(RECORD_SUFFIX)]
+        for n in names
+        if n.endswith(RECORD_SUFFIX) and not n.startswith(".") and n != "zarr.json"
+    }
+
+
+def read_commit(scene: Path, band: str) -> CommitRecord | None:
+    """Return a band's commit record, or None if the band is not committed."""
+    try:
+        data = json.loads((commits_path(scene) / f"{band}{RECORD_SUFFIX}").read_text())
+    except FileNotFoundError:
+        return None
+    data["shape"] = tuple(data["shape"])
+    data["chunks"] = tuple(data["chunks"])
+    return CommitRecord(**data)
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            # fsync before rename: otherwise a power cut can leave a renamed but empty record.
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+__all__ = [
+    "COMMITS_DIR",
+    "CommitRecord",
+    "committed_bands",
+    "drop_commit",
+    "ensure_commits_group",
+    "read_commit",
+    "write_commit",
+]

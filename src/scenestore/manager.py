@@ -1,0 +1,338 @@
+"""The ``StoreManager`` contract: a generic, abstract store of scenes as zarr v3 groups.
+
+Names, arguments and defaults follow the raw data store contract (``shared/spec``). Where the
+original was fragile, scenestore does better:
+
+* preconditions raise typed errors (:mod:`scenestore.errors`), never ``assert``;
+* a band is present only once its commit record is written, after all its chunks
+  (:mod:`scenestore.commit`); bands are written to a staging group and moved into place, so a
+  failed or killed download never damages a band that was already stored;
+* identifiers are validated before they become path names (:mod:`scenestore.ids`);
+* ``missing_bands`` reads one directory listing, not the dataset;
+* ``open`` is lazy (dask) unless asked to load eagerly, and keeps stored dtypes;
+* ``load`` returns every requested band, also when some were stored and some downloaded;
+* writers to one scene take a per-scene file lock, so overlapping runs do not race.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import xarray as xr
+from filelock import FileLock
+
+from scenestore.commit import CommitRecord, committed_bands, drop_commit, write_commit
+from scenestore.errors import InvalidRequestError, ScenestoreError, StoreError, StoreRequiredError
+from scenestore.layout import LOCKS_DIR, lock_path, scene_path
+from scenestore.storage import (
+    align_chunks,
+    array_bytes,
+    band_names,
+    check_grid,
+    clear_staging,
+    create_scene,
+    fit_encodings,
+    open_scene,
+    promote_staged,
+    write_bands,
+)
+
+logger = logging.getLogger(__name__)
+
+SceneItem = TypeVar("SceneItem")
+
+#: Seconds a writer waits for another writer of the same scene before giving up.
+LOCK_TIMEOUT_S = 3600.0
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one ``ingest`` call did to one scene.
+
+    Attributes:
+        identifier: The scene identifier.
+        fetched: Bands downloaded and committed by this call (empty when nothing was missing).
+        bytes_written: Bytes the committed arrays occupy on disk.
+        seconds: Wall time of the call.
+        skipped: True when the scene was already complete and nothing was downloaded.
+        error: One-line reason when the scene failed (set by batch callers, never raised here).
+    """
+
+    identifier: str
+    fetched: tuple[str, ...] = ()
+    bytes_written: int = 0
+    seconds: float = 0.0
+    skipped: bool = False
+    error: str | None = None
+
+
+class StoreManager(ABC, Generic[SceneItem]):
+    """Keeps scenes of one source as ``<store>/<identifier>.zarr``, one variable per band.
+
+    Args:
+        bands: The bands this manager handles.
+        store: Directory holding one zarr store per scene (a ``str`` becomes a ``Path``);
+            ``None`` means no store: everything is downloaded and nothing is kept.
+
+    Raises:
+        InvalidRequestError: If ``bands`` is empty or repeats a band.
+    """
+
+    def __init__(self, bands: list[str], store: str | Path | None = None) -> None:
+        bands = list(bands)
+        if not bands:
+            raise InvalidRequestError(f"Empty band list {bands!r}; expected at least one band.")
+        if len(set(bands)) != len(bands):
+            raise InvalidRequestError(f"Band list {bands!r} repeats a band; expected each once.")
+        self.bands = bands
+        self.store = Path(store) if isinstance(store, str) else store
+
+    # -- what a subclass supplies -------------------------------------------------------------
+
+    @abstractmethod
+    def identifier(self, item: str | SceneItem) -> str:
+        """Return the scene's unique identifier, from an id string or an item."""
+
+    @abstractmethod
+    def encodings(self, bands: list[str]) -> dict[str, dict]:
+        """Return the zarr encoding per band (dtype, compressors, chunks, fill value)."""
+
+    @abstractmethod
+    def download_scene_from_source(self, item: str | SceneItem, bands: list[str]) -> xr.Dataset:
+        """Fetch the given bands of one scene as a Dataset on x/y with a spatial_ref coordinate."""
+
+    # -- what the base class does -------------------------------------------------------------
+
+    def exists(self, identifier: str) -> bool:
+        """Return whether ``<store>/<identifier>.zarr`` exists (False without a store)."""
+        if self.store is None:
+            return False
+        return scene_path(self.store, identifier).exists()
+
+    def missing_bands(self, identifier: str) -> list[str]:
+        """Return the bands of ``self.bands`` the stored scene lacks (all without a store).
+
+        Reads one directory listing of commit records; never opens the dataset.
+        """
+        if self.store is None:
+            return list(self.bands)
+        present = committed_bands(scene_path(self.store, identifier))
+        return [b for b in self.bands if b not in present]
+
+    def complete(self, identifier: str) -> bool:
+        """Return whether no band is missing."""
+        return not self.missing_bands(identifier)
+
+    def download_and_store(self, item: str | SceneItem) -> None:
+        """Download the missing bands of a scene and save them; nothing if none is missing.
+
+        Raises:
+            StoreRequiredError: If the manager has no store.
+        """
+        self.ingest(item)
+
+    def ingest(self, item: str | SceneItem) -> IngestResult:
+        """Like :meth:`download_and_store`, but report what was fetched.
+
+        Raises:
+            StoreRequiredError: If the manager has no store.
+        """
+        store = self._require_store("download_and_store")
+        started = time.perf_counter()
+        identifier = self.identifier(item)
+        if not self.missing_bands(identifier):
+            logger.debug("Scene %s is complete; nothing to download", identifier)
+            return IngestResult(identifier, skipped=True, seconds=time.perf_counter() - started)
+        with self._lock(store, identifier):
+            # Another writer may have stored bands while we waited for the lock.
+            missing = self.missing_bands(identifier)
+            if not missing:
+                return IngestResult(identifier, skipped=True, seconds=time.perf_counter() - started)
+            logger.info("Downloading %s bands %s", identifier, missing)
+            dataset = self.download_scene_from_source(item, missing)
+            written = self._save(dataset, identifier)
+        return IngestResult(
+            identifier,
+            fetched=tuple(missing),
+            bytes_written=written,
+            seconds=time.perf_counter() - started,
+        )
+
+    def load(self, item: str | SceneItem, force: bool = False) -> xr.Dataset:
+        """Return every band of ``self.bands`` for a scene, downloading what is needed.
+
+        Args:
+            item: The scene, as an id string or an item.
+            force: Download all bands from the source even if stored, and save them over what
+                was stored (when there is a store).
+
+        Returns:
+            A Dataset with every requested band. With a store it is opened lazily from the
+            store after saving (the original returned only the newly downloaded bands).
+        """
+        identifier = self.identifier(item)
+        if self.store is None:
+            return self.download_scene_from_source(item, list(self.bands))
+        if force:
+            with self._lock(self.store, identifier):
+                self._save(self.download_scene_from_source(item, list(self.bands)), identifier)
+        elif self.missing_bands(identifier):
+            self.ingest(item)
+        return self._open(identifier)
+
+    def open(self, item: str | SceneItem, *, eager: bool = False) -> xr.Dataset:
+        """Open a complete scene from the store only; never touches the network.
+
+        Args:
+            item: The scene, as an id string or an item.
+            eager: Load all bands into memory (stored dtypes are kept) instead of lazily.
+
+        Raises:
+            StoreRequiredError: If the manager has no store.
+            SceneNotFoundError: If the scene is not stored.
+            IncompleteSceneError: If a band of ``self.bands`` is missing.
+        """
+        self._require_store("open")
+        return self._open(self.identifier(item), eager=eager)
+
+    def save_to_store(self, dataset: xr.Dataset, identifier: str) -> None:
+        """Save the bands of ``dataset`` as scene ``identifier``.
+
+        A new scene is written whole. For a stored scene, the coordinates must match the
+        stored ones (within 1/1000 of a pixel) and the stored x/y are kept; new bands are
+        added and bands already there are replaced.
+
+        Raises:
+            StoreRequiredError: If the manager has no store.
+            CoordinateMismatchError: If the grid differs from the stored scene's; the store is
+                left unchanged.
+        """
+        store = self._require_store("save_to_store")
+        with self._lock(store, identifier):
+            self._save(dataset, identifier)
+
+    def translate_error(self, err: Exception, identifier: str) -> Exception:
+        """Map an exception raised while fetching and writing a scene to a scenestore error.
+
+        Subclasses map their source's failures (HTTP status, timeouts) to
+        :class:`~scenestore.errors.SourceError` / ``TransientSourceError``; the default
+        returns ``err`` unchanged.
+        """
+        return err
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _open(self, identifier: str, *, eager: bool = False) -> xr.Dataset:
+        store = self._require_store("open")
+        return open_scene(scene_path(store, identifier), list(self.bands), eager=eager)
+
+    def _save(self, dataset: xr.Dataset, identifier: str) -> int:
+        """Write and commit the bands of ``dataset``; the caller holds the scene lock."""
+        store = self._require_store("save_to_store")
+        scene = scene_path(store, identifier)
+        bands = band_names(dataset)
+        if not bands:
+            raise InvalidRequestError(
+                f"Dataset for scene {identifier!r} has no band variables; expected at least one."
+            )
+        encodings = fit_encodings(self.encodings(bands), dataset)
+        dataset = align_chunks(dataset, encodings)
+        self._ensure_store_dir(store)
+        present = committed_bands(scene)
+        if present:
+            check_grid(scene, dataset, identifier=identifier)
+        else:
+            # New scene, or leftovers of a writer killed before its first commit.
+            create_scene(scene, dataset)
+        clear_staging(scene)
+        try:
+            write_bands(scene, dataset, encodings)
+        except ScenestoreError:
+            raise
+        except Exception as err:
+            # Lazy datasets fetch while writing, so source failures surface here.
+            raise self.translate_error(err, identifier) from err
+        written = 0
+        for band in bands:
+            drop_commit(scene, band)
+            promote_staged(scene, band)
+            enc = encodings[band]
+            shape = tuple(int(n) for n in dataset[band].shape)
+            write_commit(
+                scene,
+                CommitRecord(
+                    band=band,
+                    shape=shape,
+                    chunks=tuple(int(c) for c in enc.get("chunks", shape)),
+                    dtype=str(enc.get("dtype", dataset[band].dtype)),
+                    source=dataset[band].attrs.get("source"),
+                ),
+            )
+            written += array_bytes(scene, band)
+        clear_staging(scene)
+        logger.info("Stored %s bands %s (%d bytes)", identifier, bands, written)
+        return written
+
+    def check_writable(self) -> Path:
+        """Check, before any download, that the store can be created and written to.
+
+        Raises:
+            StoreRequiredError: If the manager has no store.
+            StoreError: If the store path is a file or not writable.
+        """
+        store = self._require_store("check_writable")
+        self._ensure_store_dir(store)
+        probe = store / LOCKS_DIR
+        try:
+            probe.mkdir(exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=probe, prefix=".probe-"):
+                pass
+        except OSError as err:
+            raise StoreError(
+                f"Store {str(store)!r} is not writable ({err.strerror}); expected a directory "
+                "this user can write to."
+            ) from err
+        return store
+
+    def _require_store(self, operation: str) -> Path:
+        if self.store is None:
+            raise StoreRequiredError(
+                f"{operation} needs a store, but this {type(self).__name__} was created with "
+                "store=None; expected a directory, e.g. store='./scenes'."
+            )
+        return self.store
+
+    @staticmethod
+    def _ensure_store_dir(store: Path) -> None:
+        if store.exists() and not store.is_dir():
+            raise StoreError(
+                f"Store path {str(store)!r} is a file; expected a directory (or a path to create)."
+            )
+        try:
+            store.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(
+                f"Cannot create the store directory {str(store)!r}: {err.strerror}; expected a "
+                "writable location."
+            ) from err
+
+    def _lock(self, store: Path, identifier: str) -> FileLock:
+        self._ensure_store_dir(store)
+        path = lock_path(store, identifier)
+        try:
+            path.parent.mkdir(exist_ok=True)
+        except OSError as err:
+            raise StoreError(
+                f"Cannot write to the store {str(store)!r}: {err.strerror}; expected a writable "
+                "directory."
+            ) from err
+        return FileLock(path, timeout=LOCK_TIMEOUT_S)
+
+
+__all__ = ["IngestResult", "SceneItem", "StoreManager"]

@@ -1,0 +1,211 @@
+"""Scene queries: search a STAC API for Sentinel-2 L2A scenes with pystac-client.
+
+A :class:`SceneQuery` is the validated, normalised form of what a user asks for. Searching
+sends what the API supports and filters the rest on the client, because servers differ
+(rustac's memory backend ignores CQL2 filters; some services lack the query extension).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pystac
+from shapely.geometry import box, mapping, shape
+
+from scenestore.aoi import BBox, BBoxLike, check_date_range, parse_bbox, parse_date, parse_geojson
+from scenestore.errors import InvalidRequestError, SourceError, TransientSourceError
+from scenestore.profiles import Profile, get_profile, normalize_tile, tile_of
+from scenestore.redact import redact
+
+logger = logging.getLogger(__name__)
+
+#: Items per page asked of the STAC API.
+PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class SceneQuery:
+    """A validated scene search.
+
+    Attributes:
+        geometry: The AOI as a GeoJSON geometry dict in lon/lat.
+        start: First sensing day (inclusive).
+        end: Last sensing day (inclusive).
+        max_cloud: Highest ``eo:cloud_cover`` accepted, in percent, or None for any.
+        tiles: MGRS tiles to keep (e.g. ``("33UUP",)``), empty for all.
+    """
+
+    geometry: dict[str, Any]
+    start: date
+    end: date
+    max_cloud: float | None = None
+    tiles: tuple[str, ...] = field(default=())
+
+    @property
+    def bbox(self) -> BBox:
+        """The AOI's bounding box (W, S, E, N)."""
+        return tuple(shape(self.geometry).bounds)  # type: ignore[return-value]
+
+    @property
+    def datetime_range(self) -> str:
+        """The date range as a STAC ``datetime`` interval covering both days whole."""
+        return f"{self.start.isoformat()}T00:00:00Z/{self.end.isoformat()}T23:59:59.999Z"
+
+
+def build_query(
+    *,
+    start: str | date,
+    end: str | date,
+    bbox: BBoxLike | None = None,
+    aoi: dict | str | Path | None = None,
+    max_cloud: float | None = None,
+    tiles: Iterable[str] | str | None = None,
+) -> SceneQuery:
+    """Validate loose user input into a :class:`SceneQuery`.
+
+    Args:
+        start: First day, ``YYYY-MM-DD`` or a date.
+        end: Last day (inclusive).
+        bbox: ``"W,S,E,N"`` or four numbers; exactly one of ``bbox`` and ``aoi``.
+        aoi: GeoJSON geometry/Feature/FeatureCollection as dict or text, or a file path.
+        max_cloud: Maximum cloud cover in percent (0-100).
+        tiles: MGRS tiles, as a list or comma-separated text.
+
+    Raises:
+        InvalidRequestError: If any value is malformed; the message names it.
+    """
+    if (bbox is None) == (aoi is None):
+        raise InvalidRequestError(
+            "Give exactly one area of interest; expected either a bbox (W,S,E,N) or a GeoJSON AOI."
+        )
+    geometry = box(*parse_bbox(bbox)) if bbox is not None else parse_geojson(aoi)  # type: ignore[arg-type]
+    start_d, end_d = parse_date(start, name="start date"), parse_date(end, name="end date")
+    check_date_range(start_d, end_d)
+    if max_cloud is not None:
+        try:
+            max_cloud = float(max_cloud)
+        except (TypeError, ValueError):
+            raise InvalidRequestError(
+                f"Invalid maximum cloud cover {max_cloud!r}; expected a number from 0 to 100."
+            ) from None
+        if not 0 <= max_cloud <= 100:
+            raise InvalidRequestError(
+                f"Maximum cloud cover {max_cloud:g} is outside 0-100; expected a percentage."
+            )
+    if isinstance(tiles, str):
+        tiles = [t for t in tiles.split(",") if t.strip()]
+    norm_tiles = tuple(sorted({normalize_tile(t) for t in tiles or ()}))
+    return SceneQuery(mapping(geometry), start_d, end_d, max_cloud, norm_tiles)
+
+
+def search_scenes(
+    query: SceneQuery,
+    *,
+    stac_url: str | None = None,
+    profile: str | Profile = "earth-search",
+    page_size: int = PAGE_SIZE,
+) -> list[pystac.Item]:
+    """Search a STAC API for the scenes matching ``query``.
+
+    Every page is followed. Cloud cover and tiles are filtered on the client as well, so the
+    result is right whatever the server supports. Results are sorted by sensing time and free
+    of duplicates: one item per id, and one per (tile, sensing time), keeping the newest
+    processing baseline and then the newest generation time.
+
+    Args:
+        query: The validated query.
+        stac_url: STAC API root; defaults to the profile's.
+        profile: Provider profile name or object.
+        page_size: Items per page.
+
+    Returns:
+        The matching items.
+
+    Raises:
+        SourceError: If the API cannot be reached or answers with an error
+            (:class:`TransientSourceError` for 5xx, 429 and connection failures).
+    """
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+
+    prof = get_profile(profile)
+    url = stac_url or prof.stac_url
+    try:
+        client = Client.open(url)
+        search = client.search(
+            collections=[prof.collection],
+            intersects=query.geometry,
+            datetime=query.datetime_range,
+            limit=page_size,
+            **_server_filters(client, query),
+        )
+        items = list(search.items())
+    except APIError as err:
+        status = getattr(err, "status_code", None)
+        cls = TransientSourceError if status is None or status >= 500 or status == 429 else SourceError
+        raise cls(
+            f"STAC API {redact(url)!r} answered with an error ({status}): {redact(str(err))[:200]}; "
+            "expected a search result.",
+            status=status,
+        ) from err
+    except OSError as err:  # requests' ConnectionError and timeouts are OSErrors
+        raise TransientSourceError(
+            f"Cannot reach the STAC API at {redact(url)!r} ({type(err).__name__}); expected a "
+            "reachable STAC API root URL (check --stac-url)."
+        ) from err
+    return select_items(items, query)
+
+
+def select_items(items: Sequence[pystac.Item], query: SceneQuery) -> list[pystac.Item]:
+    """Apply the client-side filters, drop duplicates and sort by sensing time (pure)."""
+    kept: dict[tuple[str, str], pystac.Item] = {}
+    seen_ids: set[str] = set()
+    for item in items:
+        if item.id in seen_ids:
+            continue
+        seen_ids.add(item.id)
+        props = item.properties
+        cloud = props.get("eo:cloud_cover")
+        if query.max_cloud is not None and cloud is not None and cloud > query.max_cloud:
+            continue
+        tile = tile_of(item.to_dict(transform_hrefs=False)) or ""
+        if query.tiles and tile not in query.tiles:
+            continue
+        key = (tile, str(props.get("datetime")))
+        if key in kept:
+            older, newer = sorted((kept[key], item), key=_recency)
+            logger.info("Dropped duplicate %s of %s (same tile and sensing time)", older.id, newer.id)
+            kept[key] = newer
+        else:
+            kept[key] = item
+    return sorted(kept.values(), key=lambda i: (str(i.properties.get("datetime")), i.id))
+
+
+def _recency(item: pystac.Item) -> tuple[str, str]:
+    props = item.properties
+    baseline = str(props.get("s2:processing_baseline") or props.get("processing:version") or "")
+    generated = str(props.get("s2:generation_time") or props.get("updated") or "")
+    return (baseline, generated)
+
+
+def _server_filters(client: Any, query: SceneQuery) -> dict[str, Any]:
+    if query.max_cloud is None:
+        return {}
+    from pystac_client.conformance import ConformanceClasses
+
+    if client.conforms_to(ConformanceClasses.FILTER):
+        return {
+            "filter": {"op": "<=", "args": [{"property": "eo:cloud_cover"}, query.max_cloud]},
+            "filter_lang": "cql2-json",
+        }
+    if client.conforms_to(ConformanceClasses.QUERY):
+        return {"query": {"eo:cloud_cover": {"lte": query.max_cloud}}}
+    return {}
+
+
+__all__ = ["SceneQuery", "build_query", "search_scenes", "select_items"]

@@ -1,0 +1,294 @@
+"""``StacStoreManager``: a :class:`~scenestore.manager.StoreManager` filled from a STAC API.
+
+Bands are read with odc-stac onto the scene's own 10 m UTM grid (nearest resampling), lazily
+and in chunks that match the stored zarr chunks, so a scene streams to disk chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pystac
+import xarray as xr
+from odc.geo.geobox import GeoBox
+from affine import Affine
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from scenestore.bands import BAND_SPECS, normalize_bands
+from scenestore.errors import InvalidRequestError, ItemError, SceneNotFoundError, SourceError, TransientSourceError
+from scenestore.gdal import configure_gdal
+from scenestore.ids import validate_identifier
+from scenestore.layout import choose_chunk
+from scenestore.manager import StoreManager
+from scenestore.profiles import Profile, epsg_of, get_profile, require_utm
+from scenestore.redact import redact, strip_query
+from scenestore.storage import json_safe
+
+logger = logging.getLogger(__name__)
+
+#: Output pixel size in metres: every band is stored on the scene's 10 m grid.
+RESOLUTION = 10
+
+
+class StacStoreManager(StoreManager[pystac.Item]):
+    """Stores Sentinel-2 L2A scenes from a STAC API as zarr, one variable per canonical band.
+
+    Args:
+        bands: Canonical band names (``B01``..``B12``, ``B8A``, ``SCL``), case-insensitive.
+        store: Store directory, or None to keep nothing.
+        profile: Provider profile name or object (see :mod:`scenestore.profiles`).
+        stac_url: STAC API root URL; defaults to the profile's.
+        chunk_size: Stored chunk edge in pixels; by default one that divides the grid evenly
+            near 2048 px (1830 px for a full tile).
+        clevel: zstd compression level of the stored chunks.
+
+    Raises:
+        InvalidRequestError: If a band or the profile is unknown.
+    """
+
+    def __init__(
+        self,
+        bands: list[str],
+        store: str | Path | None = None,
+        *,
+        profile: str | Profile = "earth-search",
+        stac_url: str | None = None,
+        chunk_size: int | None = None,
+        clevel: int = 3,
+    ) -> None:
+        super().__init__(normalize_bands(bands), store)
+        self.profile = get_profile(profile)
+        for band in self.bands:
+            self.profile.asset_key(band)
+        self.stac_url = stac_url or self.profile.stac_url
+        self.chunk_size = chunk_size
+        self.clevel = clevel
+
+    # -- identifiers --------------------------------------------------------------------------
+
+    def identifier(self, item: str | pystac.Item) -> str:
+        """Return ``<profile id prefix>_<item id>``, e.g. ``es-l2a_S2A_39QTA_20230628_0_L2A``.
+
+        A string is taken as an item id, or as an identifier when it already has the prefix.
+
+        Raises:
+            InvalidIdentifierError: If the result is not safe as a path name.
+        """
+        item_id = item.id if isinstance(item, pystac.Item) else item
+        prefix = f"{self.profile.id_prefix}_"
+        if isinstance(item_id, str) and item_id.startswith(prefix):
+            return validate_identifier(item_id)
+        validate_identifier(item_id)
+        return validate_identifier(f"{prefix}{item_id}")
+
+    def item_id(self, item: str | pystac.Item) -> str:
+        """Return the STAC item id behind an item, item id or identifier."""
+        if isinstance(item, pystac.Item):
+            return item.id
+        prefix = f"{self.profile.id_prefix}_"
+        return item[len(prefix):] if item.startswith(prefix) else item
+
+    # -- encodings ----------------------------------------------------------------------------
+
+    def encodings(self, bands: list[str]) -> dict[str, dict]:
+        """Return uint16 (reflectance) / uint8 (SCL) zarr encodings, fill 0, Blosc zstd.
+
+        Chunks are left to the store (a divisor of the grid) unless ``chunk_size`` was given.
+        """
+        encodings = {}
+        for band in bands:
+            spec = BAND_SPECS.get(band)
+            if spec is None:
+                raise InvalidRequestError(
+                    f"Unknown band {band!r}; expected one of {', '.join(BAND_SPECS)}."
+                )
+            encodings[band] = {
+                "dtype": spec.dtype,
+                "fill_value": spec.nodata,
+                "compressors": [
+                    BloscCodec(
+                        cname="zstd",
+                        clevel=self.clevel,
+                        shuffle=BloscShuffle.bitshuffle if spec.dtype == "uint8" else BloscShuffle.shuffle,
+                    )
+                ],
+            }
+            if self.chunk_size:
+                encodings[band]["chunks"] = (self.chunk_size, self.chunk_size)
+        return encodings
+
+    def translate_error(self, err: Exception, identifier: str) -> Exception:
+        """Map rasterio/GDAL read failures to source errors, transient unless clearly not.
+
+        GDAL retries 429/503 itself; what reaches here after that (resets, truncated bodies,
+        timeouts, 5xx) is worth retrying above it. A 404 or 403 is not.
+        """
+        from rasterio.errors import RasterioError
+
+        if not isinstance(err, RasterioError | OSError):
+            return err
+        text = redact(str(err))
+        status = _http_status(text)
+        cls = SourceError if status in (400, 401, 403, 404) else TransientSourceError
+        return cls(
+            f"Reading scene {identifier!r} failed: {text[:300]}; expected the asset server to "
+            "answer with the COG bytes (retry later if the failure was transient).",
+            status=status,
+        )
+
+    # -- download -----------------------------------------------------------------------------
+
+    def get_item(self, item: str | pystac.Item) -> pystac.Item:
+        """Return the STAC item, fetching it from the API when given an id or identifier.
+
+        Raises:
+            SceneNotFoundError: If the API has no such item.
+            SourceError: If the API cannot be reached.
+        """
+        if isinstance(item, pystac.Item):
+            return item
+        from pystac_client import Client
+        from pystac_client.exceptions import APIError
+
+        item_id = self.item_id(item)
+        try:
+            found = list(
+                Client.open(self.stac_url)
+                .search(collections=[self.profile.collection], ids=[item_id], max_items=1)
+                .items()
+            )
+        except APIError as err:
+            raise SourceError(
+                f"STAC API {redact(self.stac_url)!r} failed to look up item {item_id!r}: "
+                f"{redact(str(err))[:200]}; expected the item document."
+            ) from err
+        except OSError as err:
+            raise TransientSourceError(
+                f"Cannot reach the STAC API at {redact(self.stac_url)!r} ({type(err).__name__}); "
+                "expected a reachable STAC API root URL."
+            ) from err
+        if not found:
+            raise SceneNotFoundError(
+                f"Item {item_id!r} is not in collection {self.profile.collection!r} at "
+                f"{redact(self.stac_url)!r}; expected an existing item id."
+            )
+        return found[0]
+
+    def download_scene_from_source(self, item: str | pystac.Item, bands: list[str]) -> xr.Dataset:
+        """Load bands of one scene lazily with odc-stac onto its 10 m UTM grid.
+
+        Returns:
+            A dask-backed Dataset with one uint16/uint8 variable per canonical band on ``y``/``x``,
+            a ``spatial_ref`` coordinate and the item properties as attributes.
+
+        Raises:
+            ItemError: If the item lacks an asset for a band or is not on a UTM grid.
+        """
+        bands = normalize_bands(bands)
+        stac_item = self.get_item(item)
+        keys = {band: self.profile.asset_key(band) for band in bands}
+        for band, key in keys.items():
+            if key not in stac_item.assets:
+                raise ItemError(
+                    f"Item {stac_item.id!r} has no asset {key!r} for band {band}; expected the "
+                    f"{self.profile.name!r} asset keys ({', '.join(sorted(stac_item.assets)[:8])}...)."
+                )
+        item_dict = stac_item.to_dict(transform_hrefs=False)
+        epsg = require_utm(stac_item.id, epsg_of(item_dict, list(keys.values())))
+        geobox = scene_geobox(item_dict, list(keys.values()), epsg)
+        chunk = self.chunk_size or choose_chunk(max(geobox.shape))
+        configure_gdal()
+        import odc.stac
+
+        stac_cfg = {
+            "*": {
+                "assets": {
+                    key: {"data_type": BAND_SPECS[band].dtype, "nodata": BAND_SPECS[band].nodata}
+                    for band, key in keys.items()
+                }
+            }
+        }
+        ds = odc.stac.load(
+            [stac_item],
+            bands=list(keys.values()),
+            geobox=geobox,
+            resampling="nearest",
+            chunks={"x": chunk, "y": chunk},
+            stac_cfg=stac_cfg,
+            groupby="id",
+        )
+        ds = ds.rename({key: band for band, key in keys.items()})
+        if "time" in ds.dims:
+            ds = ds.isel(time=0, drop=True)
+        ds.attrs = json_safe(
+            {
+                **stac_item.properties,
+                "stac_id": stac_item.id,
+                "stac_collection": stac_item.collection_id,
+                "scenestore_profile": self.profile.name,
+            }
+        )
+        for band, key in keys.items():
+            asset = stac_item.assets[key]
+            raster = (asset.extra_fields.get("raster:bands") or [{}])[0]
+            ds[band].attrs = json_safe(
+                {
+                    "source": strip_query(asset.href),
+                    "asset_key": key,
+                    "nodata": BAND_SPECS[band].nodata,
+                    "native_resolution": BAND_SPECS[band].resolution,
+                    **({"scale": raster["scale"]} if "scale" in raster else {}),
+                    **({"offset": raster["offset"]} if "offset" in raster else {}),
+                }
+            )
+        return ds
+
+
+def _http_status(text: str) -> int | None:
+    import re
+
+    m = re.search(r"HTTP (?:response )?(?:code|status)[^0-9]{0,5}(\d{3})", text, re.I)
+    return int(m.group(1)) if m else None
+
+
+def scene_geobox(item: dict[str, Any], asset_keys: list[str], epsg: int) -> GeoBox:
+    """Return the scene's 10 m grid from the footprint of its assets' ``proj:`` fields.
+
+    The footprint is taken from every asset that has ``proj:shape``/``proj:transform``
+    (odc-stac does the same), so requesting a 20 m band alone still yields the scene's full
+    10 m grid.
+
+    Raises:
+        ItemError: If no asset has grid fields.
+    """
+    footprints = []
+    for key, asset in item.get("assets", {}).items():
+        shape_, transform = asset.get("proj:shape"), asset.get("proj:transform")
+        if not shape_ or not transform:
+            continue
+        a = Affine(*transform[:6])
+        footprints.append((a.c, a.f + shape_[0] * a.e, a.c + shape_[1] * a.a, a.f))
+    if not footprints:
+        props = item.get("properties", {})
+        if props.get("proj:shape") and props.get("proj:transform"):
+            a, shape_ = Affine(*props["proj:transform"][:6]), props["proj:shape"]
+            footprints.append((a.c, a.f + shape_[0] * a.e, a.c + shape_[1] * a.a, a.f))
+    if not footprints:
+        raise ItemError(
+            f"Item {item.get('id')!r} has no proj:shape/proj:transform on assets {asset_keys}; "
+            "expected the projection extension's grid fields."
+        )
+    left = min(f[0] for f in footprints)
+    bottom = min(f[1] for f in footprints)
+    right = max(f[2] for f in footprints)
+    top = max(f[3] for f in footprints)
+    width = round((right - left) / RESOLUTION)
+    height = round((top - bottom) / RESOLUTION)
+    return GeoBox(
+        (height, width), Affine(RESOLUTION, 0, left, 0, -RESOLUTION, top), f"EPSG:{epsg}"
+    )
+
+
+__all__ = ["StacStoreManager", "scene_geobox"]

@@ -1,0 +1,194 @@
+"""Scene zarr I/O: create a scene group, check its grid, append bands, open it.
+
+Everything here works on one ``<identifier>.zarr`` directory and knows nothing of STAC or of
+which bands are wanted; the commit protocol (:mod:`scenestore.commit`) decides presence.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from scenestore.commit import committed_bands, ensure_commits_group
+from scenestore.errors import CoordinateMismatchError, IncompleteSceneError, SceneNotFoundError
+from scenestore.layout import STAGING_DIR, choose_chunk, identifier_of
+
+#: Coordinates that describe the grid rather than a band.
+GRID_VARS = ("x", "y", "spatial_ref")
+
+
+def band_names(ds: xr.Dataset) -> list[str]:
+    """Return the data variables of a scene Dataset that are bands (not grid variables)."""
+    return [str(v) for v in ds.data_vars if v not in GRID_VARS]
+
+
+def json_safe(value: Any) -> Any:
+    """Turn STAC property values into something zarr attributes (JSON) can hold."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def fit_encodings(encodings: dict[str, dict], ds: xr.Dataset) -> dict[str, dict]:
+    """Fill in chunk shapes that fit each band's array where an encoding leaves them out.
+
+    Returns:
+        A copy of ``encodings`` in which every band has ``chunks`` dividing its shape
+        (:func:`scenestore.layout.choose_chunk`) unless the encoding named its own.
+    """
+    fitted = {}
+    for band, enc in encodings.items():
+        enc = dict(enc)
+        if not enc.get("chunks") and band in ds:
+            enc["chunks"] = tuple(choose_chunk(int(n)) for n in ds[band].shape)
+        fitted[band] = enc
+    return fitted
+
+
+def align_chunks(ds: xr.Dataset, encodings: dict[str, dict]) -> xr.Dataset:
+    """Rechunk dask-backed bands to their zarr chunks, so each task writes whole chunks."""
+    out = ds.copy()
+    for band in band_names(ds):
+        chunks = encodings.get(band, {}).get("chunks")
+        if chunks and ds[band].chunks is not None:
+            out[band] = ds[band].chunk(dict(zip(ds[band].dims, chunks, strict=True)))
+    return out
+
+
+def create_scene(scene: Path, ds: xr.Dataset) -> None:
+    """Write a new scene group holding only the grid (x, y, spatial_ref) and scene attributes.
+
+    Anything already at ``scene`` is replaced: callers only do this when no band is committed.
+    """
+    if scene.exists():
+        shutil.rmtree(scene)
+    grid = xr.Dataset(coords={name: ds.coords[name] for name in GRID_VARS if name in ds.coords})
+    grid.attrs = json_safe(dict(ds.attrs))
+    grid.to_zarr(scene, mode="w", consolidated=False, zarr_format=3, compute=True)
+    ensure_commits_group(scene)
+
+
+def check_grid(scene: Path, ds: xr.Dataset, *, identifier: str) -> None:
+    """Check that ``ds`` lies on the stored scene's grid (close, not equal: floats round).
+
+    Raises:
+        CoordinateMismatchError: If shape, coordinates (beyond 1/1000 of a pixel) or CRS differ.
+    """
+    group = zarr.open_group(scene, mode="r")
+    for dim in ("x", "y"):
+        stored = np.asarray(group[dim][...])
+        new = np.asarray(ds[dim].values)
+        if stored.shape != new.shape:
+            raise CoordinateMismatchError(
+                f"Scene {identifier!r}: new bands have {new.size} {dim} values but the stored scene "
+                f"in {scene.parent} has {stored.size}; expected the stored grid."
+            )
+        step = abs(float(stored[1] - stored[0])) if stored.size > 1 else 1.0
+        diff = float(np.max(np.abs(stored - new))) if stored.size else 0.0
+        if diff > step * 1e-3:
+            raise CoordinateMismatchError(
+                f"Scene {identifier!r}: new bands' {dim} coordinates differ from the stored ones "
+                f"in {scene.parent} by up to {diff:g} (pixel size {step:g}); expected the stored "
+                "grid. Use load(..., force=True) after deleting the scene to replace it."
+            )
+    stored_crs = _crs_of(dict(group["spatial_ref"].attrs)) if "spatial_ref" in group else None
+    new_crs = _crs_of(dict(ds["spatial_ref"].attrs)) if "spatial_ref" in ds.coords else None
+    if stored_crs is not None and new_crs is not None and stored_crs != new_crs:
+        raise CoordinateMismatchError(
+            f"Scene {identifier!r}: new bands are in {new_crs.to_string()} but the stored scene "
+            f"in {scene.parent} is in {stored_crs.to_string()}; expected the stored CRS."
+        )
+
+
+def write_bands(scene: Path, ds: xr.Dataset, encodings: dict[str, dict]) -> list[str]:
+    """Write band arrays into the scene's staging group, streaming dask chunks to disk.
+
+    Only band variables are written; the stored x/y/spatial_ref are kept as they are. Nothing
+    under a band's own name changes here: :func:`promote_staged` moves the finished arrays into
+    place, so a failed or killed download never damages a band that was already stored.
+
+    Returns:
+        The band names written to staging.
+    """
+    bands = band_names(ds)
+    payload = ds[bands].drop_vars([v for v in (*GRID_VARS, "time") if v in ds.coords])
+    payload.attrs = {}
+    for band in bands:
+        payload[band].attrs = json_safe(dict(payload[band].attrs))
+        payload[band].attrs["grid_mapping"] = "spatial_ref"
+        payload[band].encoding = {}
+    shutil.rmtree(scene / STAGING_DIR, ignore_errors=True)
+    payload.to_zarr(
+        scene,
+        group=STAGING_DIR,
+        mode="w",
+        consolidated=False,
+        zarr_format=3,
+        encoding={b: encodings[b] for b in bands},
+        compute=True,
+    )
+    return bands
+
+
+def promote_staged(scene: Path, band: str) -> None:
+    """Move a fully written staged band array to its final name (its commit must be dropped)."""
+    target = scene / band
+    if target.exists():
+        shutil.rmtree(target)
+    (scene / STAGING_DIR / band).rename(target)
+
+
+def clear_staging(scene: Path) -> None:
+    """Remove what a killed or failed writer left in the staging group."""
+    shutil.rmtree(scene / STAGING_DIR, ignore_errors=True)
+
+
+def array_bytes(scene: Path, band: str) -> int:
+    """Return the bytes a stored band array occupies on disk."""
+    root = scene / band
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def remove_arrays(scene: Path, bands: list[str]) -> None:
+    """Delete band arrays (their commit records must already be gone)."""
+    for band in bands:
+        shutil.rmtree(scene / band, ignore_errors=True)
+
+
+def open_scene(scene: Path, bands: list[str], *, eager: bool = False) -> xr.Dataset:
+    """Open committed bands of a stored scene, lazily (dask) unless ``eager``.
+
+    Raises:
+        SceneNotFoundError: If the scene is not stored.
+        IncompleteSceneError: If a requested band is not committed.
+    """
+    identifier = identifier_of(scene) or scene.name
+    if not (scene / "zarr.json").exists():
+        raise SceneNotFoundError(
+            f"Scene {identifier!r} is not in the store {scene.parent}; expected it to be "
+            "downloaded first (download_and_store or `scenestore ingest`)."
+        )
+    present = committed_bands(scene)
+    missing = [b for b in bands if b not in present]
+    if missing:
+        raise IncompleteSceneError(
+            f"Scene {identifier!r} in {scene.parent} lacks bands {missing}; stored: "
+            f"{sorted(present)}. Expected a complete scene: download the missing bands first."
+        )
+    # chunks={} keeps the stored chunking; no fill masking, so uint16 stays uint16.
+    ds = xr.open_zarr(scene, consolidated=False, chunks={}, mask_and_scale=False)
+    if "spatial_ref" in ds.data_vars:
+        ds = ds.set_coords("spatial_ref")
+    ds = ds[bands]
+    return ds.load() if eager else ds
+
+
+def _crs_of(attrs: dict[str, Any]):
+    from pyproj import CRS
+
+    wkt = attrs.get("crs_wkt") or attrs.get("spatial_ref")
+    return CRS.from_wkt(wkt) if wkt else None
