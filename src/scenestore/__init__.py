@@ -2,50 +2,75 @@
 
 Search STAC APIs for scenes, load the requested bands with odc-stac onto the scene's 10 m
 UTM grid, and keep each scene as a crash-safe zarr v3 store, one variable per band.
+
+Public names are imported on first use, so ``scenestore --help`` does not pay for importing
+xarray, dask and odc-stac.
 """
 
-from scenestore.bands import ALL_BANDS, normalize_bands
-from scenestore.errors import (
-    CoordinateMismatchError,
-    IncompleteSceneError,
-    InvalidIdentifierError,
-    InvalidRequestError,
-    ItemError,
-    SceneNotFoundError,
-    ScenestoreError,
-    SourceError,
-    StoreError,
-    StoreRequiredError,
-    TransientSourceError,
-)
-from scenestore.manager import IngestResult, StoreManager
-from scenestore.profiles import PROFILES, Profile, get_profile
-from scenestore.search import SceneQuery, build_query, search_scenes
-from scenestore.stac import StacStoreManager
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ALL_BANDS",
-    "PROFILES",
-    "CoordinateMismatchError",
-    "IncompleteSceneError",
-    "IngestResult",
-    "InvalidIdentifierError",
-    "InvalidRequestError",
-    "ItemError",
-    "Profile",
-    "SceneNotFoundError",
-    "SceneQuery",
-    "ScenestoreError",
-    "SourceError",
-    "StacStoreManager",
-    "StoreError",
-    "StoreManager",
-    "StoreRequiredError",
-    "TransientSourceError",
-    "build_query",
-    "get_profile",
-    "normalize_bands",
-    "search_scenes",
-]
+_EXPORTS = {
+    "ALL_BANDS": "scenestore.bands",
+    "normalize_bands": "scenestore.bands",
+    "CoordinateMismatchError": "scenestore.errors",
+    "IncompleteSceneError": "scenestore.errors",
+    "InvalidIdentifierError": "scenestore.errors",
+    "InvalidRequestError": "scenestore.errors",
+    "ItemError": "scenestore.errors",
+    "SceneNotFoundError": "scenestore.errors",
+    "ScenestoreError": "scenestore.errors",
+    "SourceError": "scenestore.errors",
+    "StoreError": "scenestore.errors",
+    "StoreRequiredError": "scenestore.errors",
+    "TransientSourceError": "scenestore.errors",
+    "IngestResult": "scenestore.manager",
+    "StoreManager": "scenestore.manager",
+    "PROFILES": "scenestore.profiles",
+    "Profile": "scenestore.profiles",
+    "get_profile": "scenestore.profiles",
+    "SceneQuery": "scenestore.search",
+    "build_query": "scenestore.search",
+    "search_scenes": "scenestore.search",
+    "StacStoreManager": "scenestore.stac",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scenestore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scenestore.bands import ALL_BANDS, normalize_bands
+    from scenestore.errors import (
+        CoordinateMismatchError,
+        IncompleteSceneError,
+        InvalidIdentifierError,
+        InvalidRequestError,
+        ItemError,
+        SceneNotFoundError,
+        ScenestoreError,
+        SourceError,
+        StoreError,
+        StoreRequiredError,
+        TransientSourceError,
+    )
+    from scenestore.manager import IngestResult, StoreManager
+    from scenestore.profiles import PROFILES, Profile, get_profile
+    from scenestore.search import SceneQuery, build_query, search_scenes
+    from scenestore.stac import StacStoreManager

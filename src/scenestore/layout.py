@@ -19,8 +19,8 @@ COMMITS_DIR = "_commits"
 STAGING_DIR = "_staging"
 LOCKS_DIR = ".locks"
 
-#: Target edge length of a stored chunk in pixels: 1830 px for a full 10980 px tile.
-DEFAULT_CHUNK_TARGET = 2048
+#: Target edge length of a stored chunk in pixels: a full 10980 px tile is 6 x 6 chunks.
+DEFAULT_CHUNK_TARGET = 1830
 
 
 def scene_path(store: Path, identifier: str) -> Path:

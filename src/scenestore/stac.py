@@ -41,7 +41,7 @@ class StacStoreManager(StoreManager[pystac.Item]):
         profile: Provider profile name or object (see :mod:`scenestore.profiles`).
         stac_url: STAC API root URL; defaults to the profile's.
         chunk_size: Stored chunk edge in pixels; by default one that divides the grid evenly
-            near 2048 px (1830 px for a full tile).
+            near 1830 px (exactly 1830 px for a full tile).
         clevel: zstd compression level of the stored chunks.
 
     Raises:

@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine with only Python 3.11 and pip:
+#   make demo   - install everything, start the offline world, ingest into ./demo-store
+#   make test   - install everything and run the test suite
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: setup demo test bench lint clean
+
+.venv/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet 'uv>=0.5'
+	$(UV) sync --frozen --all-extras --python $(PYTHON)
+	@touch $@
+
+setup: .venv/.synced
+
+demo: .venv/.synced
+	$(UV) run --frozen python scripts/demo.py
+
+test: .venv/.synced
+	$(UV) run --frozen pytest -q
+
+bench: .venv/.synced
+	$(UV) run --frozen python scripts/bench.py $(BENCH_ARGS)
+
+lint: .venv/.synced
+	$(UV) run --frozen ruff check src flows tests scripts
+
+clean:
+	rm -rf demo-store .world .bench test-output
