@@ -33,7 +33,7 @@ def main() -> int:
         )
         if ingest.returncode != 0:
             return ingest.returncode
-        requests = sum(s["requests"] for s in world.http.stats().values())
+        requests = sum(s.requests for s in world.http.stats().values())
         print(f"\nThe COG server answered {requests} requests in this run.")
         subprocess.run([*cli, "ls", "--store", str(STORE)], check=True)
     return 0

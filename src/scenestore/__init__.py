@@ -39,7 +39,30 @@ _EXPORTS = {
     "StacStoreManager": "scenestore.stac",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ALL_BANDS",
+    "CoordinateMismatchError",
+    "IncompleteSceneError",
+    "IngestResult",
+    "InvalidIdentifierError",
+    "InvalidRequestError",
+    "ItemError",
+    "PROFILES",
+    "Profile",
+    "SceneNotFoundError",
+    "SceneQuery",
+    "ScenestoreError",
+    "SourceError",
+    "StacStoreManager",
+    "StoreError",
+    "StoreManager",
+    "StoreRequiredError",
+    "TransientSourceError",
+    "build_query",
+    "get_profile",
+    "normalize_bands",
+    "search_scenes",
+]
 
 
 def __getattr__(name: str) -> Any:

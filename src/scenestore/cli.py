@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -59,7 +60,9 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except ScenestoreError as err:
-            err_console.print(f"[bold red]error:[/] {redact(str(err))}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {redact(str(err))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper
@@ -77,6 +80,8 @@ def main(
         format="%(name)s: %(message)s",
         handlers=[RichHandler(console=err_console, show_path=False)],
     )
+    # urllib3 logs every retry of an unreachable host; the one-line error says it better.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def _query(bbox: str | None, aoi: Path | None, start: str, end: str, max_cloud, tiles):
@@ -102,7 +107,9 @@ def search(
     from scenestore.search import search_scenes
 
     prof = get_profile(profile)
-    items = search_scenes(_query(bbox, aoi, start, end, max_cloud, tiles), stac_url=stac_url, profile=prof)
+    items = search_scenes(
+        _query(bbox, aoi, start, end, max_cloud, tiles), stac_url=stac_url, profile=prof
+    )
     table = Table(title=f"{len(items)} scenes")
     for col in ("item", "datetime", "tile", "cloud %", "EPSG"):
         table.add_column(col)
@@ -168,17 +175,29 @@ def ingest(
 
 def _print_summary(results, elapsed: float) -> None:
     table = Table(title="ingest summary")
-    for col, justify in (("scene", "left"), ("status", "left"), ("bands fetched", "left"),
-                         ("bytes", "right"), ("seconds", "right")):
+    for col, justify in (
+        ("scene", "left"),
+        ("status", "left"),
+        ("bands fetched", "left"),
+        ("bytes", "right"),
+        ("seconds", "right"),
+    ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in results:
         status = "failed" if r.error else ("stored already" if r.skipped else "fetched")
-        table.add_row(r.identifier, status, ",".join(r.fetched) or "-", _size(r.bytes_written),
-                      f"{r.seconds:.2f}")
+        table.add_row(
+            r.identifier,
+            status,
+            ",".join(r.fetched) or "-",
+            _size(r.bytes_written),
+            f"{r.seconds:.2f}",
+        )
     fetched = sum(len(r.fetched) for r in results)
     total_bytes = sum(r.bytes_written for r in results)
     table.add_section()
-    table.add_row(f"{len(results)} scenes", "", f"{fetched} bands", _size(total_bytes), f"{elapsed:.2f}")
+    table.add_row(
+        f"{len(results)} scenes", "", f"{fetched} bands", _size(total_bytes), f"{elapsed:.2f}"
+    )
     console.print(table)
     for r in results:
         if r.error:
@@ -200,13 +219,17 @@ def ls_(store: StoreOpt) -> None:
     for col in ("scene", "bands", "size"):
         table.add_column(col)
     for info in infos:
-        table.add_row(info.identifier, ",".join(info.bands) or "(none committed)", _size(info.size_bytes))
+        table.add_row(
+            info.identifier, ",".join(info.bands) or "(none committed)", _size(info.size_bytes)
+        )
     console.print(table)
 
 
 @app.command()
 @user_errors
-def info(store: StoreOpt, identifier: Annotated[str, typer.Argument(help="Scene identifier.")]) -> None:
+def info(
+    store: StoreOpt, identifier: Annotated[str, typer.Argument(help="Scene identifier.")]
+) -> None:
     """Show one scene's grid, bands and attributes."""
     import zarr
 
@@ -220,15 +243,21 @@ def info(store: StoreOpt, identifier: Annotated[str, typer.Argument(help="Scene 
     console.print(f"[bold]{meta.identifier}[/]  ({_size(meta.size_bytes)})")
     res = float(x[1] - x[0]) if len(x) > 1 else float("nan")
     console.print(
-        f"grid: {len(y)} x {len(x)} px at {res:g} m, x {x[0]:.1f}..{x[-1]:.1f}, y {y[0]:.1f}..{y[-1]:.1f}"
-        f" (pixel centres), CRS {_crs_name(crs)}"
+        f"grid: {len(y)} x {len(x)} px at {res:g} m, x {x[0]:.1f}..{x[-1]:.1f}, "
+        f"y {y[0]:.1f}..{y[-1]:.1f} (pixel centres), CRS {_crs_name(crs)}"
     )
     table = Table(title="bands")
     for col in ("band", "dtype", "shape", "chunks", "codecs", "committed"):
         table.add_column(col)
     for band, d in band_details(store, identifier).items():
-        table.add_row(band, d["dtype"], "x".join(map(str, d["shape"])), "x".join(map(str, d["chunks"])),
-                      ",".join(d["codecs"]), str(d["written_at"]))
+        table.add_row(
+            band,
+            d["dtype"],
+            "x".join(map(str, d["shape"])),
+            "x".join(map(str, d["chunks"])),
+            ",".join(d["codecs"]),
+            str(d["written_at"]),
+        )
     console.print(table)
     attrs = Table(title="attributes")
     attrs.add_column("name")
@@ -241,7 +270,9 @@ def info(store: StoreOpt, identifier: Annotated[str, typer.Argument(help="Scene 
 @app.command()
 @user_errors
 def world(
-    directory: Annotated[Path, typer.Option("--dir", help="Where the world's files live.")] = Path(".world"),
+    directory: Annotated[Path, typer.Option("--dir", help="Where the world's files live.")] = Path(
+        ".world"
+    ),
     scenes: Annotated[int, typer.Option("--scenes", help="Number of scenes.")] = 6,
     size: Annotated[str, typer.Option("--size", help="tiny, small or full.")] = "tiny",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,

@@ -8,6 +8,7 @@ Overwriting a band removes its record *before* touching any chunk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -60,10 +61,8 @@ def write_commit(scene: Path, record: CommitRecord) -> None:
 
 def drop_commit(scene: Path, band: str) -> None:
     """Withdraw a band's commit record (before overwriting or deleting the band)."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         (commits_path(scene) / f"{band}{RECORD_SUFFIX}").unlink()
-    except FileNotFoundError:
-        pass
 
 
 def committed_bands(scene: Path) -> set[str]:
@@ -100,10 +99,8 @@ def _atomic_write(path: Path, payload: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import threading
+
+logger = logging.getLogger(__name__)
 
 _configured = False
 _lock = threading.Lock()
@@ -32,3 +36,54 @@ def configure_gdal() -> None:
 
         configure_rio(cloud_defaults=True, **COG_OPTIONS)
         _configured = True
+
+
+def clear_http_cache(hrefs: list[str] | None = None) -> bool:
+    """Forget what GDAL's process-wide ``/vsicurl/`` cache holds, failures included.
+
+    GDAL keeps file sizes, downloaded byte ranges and failed opens of remote files for the
+    life of the process. A download meant to read the source again (``load(force=True)``, a
+    band deleted from the store and asked for again) must not be served stale bytes, and a
+    retry after a transient error (a HEAD answered 503) must not fail on a remembered failure
+    without sending a request. rasterio does not wrap ``VSICurlClearCache``; it is called
+    through ctypes on the libgdal this process has loaded.
+
+    Args:
+        hrefs: URLs to forget; None forgets every remote file.
+
+    Returns:
+        Whether the cache was cleared (False when no loaded libgdal could be found).
+    """
+    lib = _libgdal()
+    if lib is None:
+        return False
+    if hrefs is None:
+        lib.VSICurlClearCache()
+    else:
+        for href in hrefs:
+            if href.startswith(("http://", "https://")):
+                lib.VSICurlPartialClearCache(f"/vsicurl/{href}".encode())
+    return True
+
+
+_LIBGDAL: ctypes.CDLL | None = None
+
+
+def _libgdal() -> ctypes.CDLL | None:
+    """The libgdal rasterio loaded (dlopen of the same file returns the loaded library)."""
+    global _LIBGDAL
+    if _LIBGDAL is None:
+        import rasterio  # noqa: F401  (loads libgdal into the process)
+
+        try:
+            with open("/proc/self/maps") as maps:
+                paths = sorted({ln.split()[-1] for ln in maps if "libgdal" in ln.split()[-1]})
+            lib = ctypes.CDLL(paths[0])
+            lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+            lib.VSICurlPartialClearCache.restype = None
+            lib.VSICurlClearCache.restype = None
+        except (OSError, AttributeError, IndexError) as err:
+            logger.warning("Cannot reach GDAL's HTTP cache (%s); it will not be cleared.", err)
+            return None
+        _LIBGDAL = lib
+    return _LIBGDAL

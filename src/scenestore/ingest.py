@@ -1,4 +1,4 @@
-"""Batch ingest: run :meth:`StoreManager.ingest` over many scenes, one failure not stopping others."""
+"""Batch ingest: :meth:`StoreManager.ingest` over many scenes; one failure stops no other."""
 
 from __future__ import annotations
 

@@ -168,11 +168,18 @@ def tile_of(item: Mapping[str, Any]) -> str | None:
     if props.get("s2:mgrs_tile"):
         return normalize_tile(props["s2:mgrs_tile"])
     if props.get("mgrs:utm_zone") and props.get("mgrs:latitude_band"):
-        return normalize_tile(
-            f"{props['mgrs:utm_zone']}{props['mgrs:latitude_band']}{props.get('mgrs:grid_square', '')}"
-        )
+        zone, band = props["mgrs:utm_zone"], props["mgrs:latitude_band"]
+        return normalize_tile(f"{zone}{band}{props.get('mgrs:grid_square', '')}")
     m = re.search(r"_T?(\d{1,2}[C-HJ-NP-X][A-HJ-NP-Z]{2})_", str(item.get("id", "")))
     return normalize_tile(m.group(1)) if m else None
 
 
-__all__ = ["ALL_BANDS", "PROFILES", "Profile", "epsg_of", "get_profile", "normalize_tile", "tile_of"]
+__all__ = [
+    "ALL_BANDS",
+    "PROFILES",
+    "Profile",
+    "epsg_of",
+    "get_profile",
+    "normalize_tile",
+    "tile_of",
+]

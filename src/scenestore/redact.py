@@ -6,12 +6,21 @@ import re
 
 _PATTERNS = [
     # Query-string secrets: SAS signatures and tokens, AWS presigned parameters, API keys.
-    (re.compile(r"(?i)([?&](?:sig|se|st|sv|skoid|sktid|skt|ske|sks|skv|token|access_token|"
-                r"x-amz-signature|x-amz-credential|x-amz-security-token|api_key|apikey)=)[^&\s'\"]+"),
-     r"\1REDACTED"),
+    (
+        re.compile(
+            r"(?i)([?&](?:sig|se|st|sv|skoid|sktid|skt|ske|sks|skv|token|access_token|"
+            r"x-amz-signature|x-amz-credential|x-amz-security-token|api_key|apikey)=)[^&\s'\"]+"
+        ),
+        r"\1REDACTED",
+    ),
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "AKIA****REDACTED"),
-    (re.compile(r"(?i)(aws_secret_access_key|aws_session_token|secret_access_key|password)"
-                r"(['\"]?\s*[:=]\s*['\"]?)[^\s'\",&]+"), r"\1\2REDACTED"),
+    (
+        re.compile(
+            r"(?i)(aws_secret_access_key|aws_session_token|secret_access_key|password)"
+            r"(['\"]?\s*[:=]\s*['\"]?)[^\s'\",&]+"
+        ),
+        r"\1\2REDACTED",
+    ),
     (re.compile(r"(?i)(https?://)[^/@\s:]+:[^/@\s]+@"), r"\1REDACTED@"),
 ]
 

@@ -146,19 +146,35 @@ def search_scenes(
         )
         items = list(search.items())
     except APIError as err:
-        status = getattr(err, "status_code", None)
-        cls = TransientSourceError if status is None or status >= 500 or status == 429 else SourceError
-        raise cls(
-            f"STAC API {redact(url)!r} answered with an error ({status}): {redact(str(err))[:200]}; "
-            "expected a search result.",
-            status=status,
-        ) from err
+        raise api_error(err, url, "a search result") from err
     except OSError as err:  # requests' ConnectionError and timeouts are OSErrors
-        raise TransientSourceError(
-            f"Cannot reach the STAC API at {redact(url)!r} ({type(err).__name__}); expected a "
-            "reachable STAC API root URL (check --stac-url)."
-        ) from err
+        raise unreachable(err, url) from err
     return select_items(items, query)
+
+
+def api_error(err: Exception, url: str, expected: str) -> SourceError:
+    """Turn a pystac-client APIError into a scenestore error that says what happened.
+
+    pystac-client wraps connection failures in APIError without a status code; those mean the
+    API could not be reached at all.
+    """
+    status = getattr(err, "status_code", None)
+    if status is None:
+        return unreachable(err, url)
+    cls = TransientSourceError if status >= 500 or status == 429 else SourceError
+    return cls(
+        f"STAC API {redact(url)!r} answered HTTP {status}: {redact(str(err))[:200]}; expected "
+        f"{expected}.",
+        status=status,
+    )
+
+
+def unreachable(err: BaseException, url: str) -> TransientSourceError:
+    """The error for a STAC API that could not be reached (refused, timed out, DNS...)."""
+    return TransientSourceError(
+        f"Cannot reach the STAC API at {redact(url)!r} ({type(err).__name__}); expected a "
+        "reachable STAC API root URL (check --stac-url)."
+    )
 
 
 def select_items(items: Sequence[pystac.Item], query: SceneQuery) -> list[pystac.Item]:
@@ -179,7 +195,9 @@ def select_items(items: Sequence[pystac.Item], query: SceneQuery) -> list[pystac
         key = (tile, str(props.get("datetime")))
         if key in kept:
             older, newer = sorted((kept[key], item), key=_recency)
-            logger.info("Dropped duplicate %s of %s (same tile and sensing time)", older.id, newer.id)
+            logger.info(
+                "Dropped duplicate %s of %s (same tile and sensing time)", older.id, newer.id
+            )
             kept[key] = newer
         else:
             kept[key] = item

@@ -12,18 +12,25 @@ from typing import Any
 
 import pystac
 import xarray as xr
-from odc.geo.geobox import GeoBox
 from affine import Affine
+from odc.geo.geobox import GeoBox
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from scenestore.bands import BAND_SPECS, normalize_bands
-from scenestore.errors import InvalidRequestError, ItemError, SceneNotFoundError, SourceError, TransientSourceError
-from scenestore.gdal import configure_gdal
+from scenestore.errors import (
+    InvalidRequestError,
+    ItemError,
+    SceneNotFoundError,
+    SourceError,
+    TransientSourceError,
+)
+from scenestore.gdal import clear_http_cache, configure_gdal
 from scenestore.ids import validate_identifier
 from scenestore.layout import choose_chunk
 from scenestore.manager import StoreManager
 from scenestore.profiles import Profile, epsg_of, get_profile, require_utm
 from scenestore.redact import redact, strip_query
+from scenestore.search import api_error, unreachable
 from scenestore.storage import json_safe
 
 logger = logging.getLogger(__name__)
@@ -88,7 +95,7 @@ class StacStoreManager(StoreManager[pystac.Item]):
         if isinstance(item, pystac.Item):
             return item.id
         prefix = f"{self.profile.id_prefix}_"
-        return item[len(prefix):] if item.startswith(prefix) else item
+        return item[len(prefix) :] if item.startswith(prefix) else item
 
     # -- encodings ----------------------------------------------------------------------------
 
@@ -111,7 +118,9 @@ class StacStoreManager(StoreManager[pystac.Item]):
                     BloscCodec(
                         cname="zstd",
                         clevel=self.clevel,
-                        shuffle=BloscShuffle.bitshuffle if spec.dtype == "uint8" else BloscShuffle.shuffle,
+                        shuffle=BloscShuffle.bitshuffle
+                        if spec.dtype == "uint8"
+                        else BloscShuffle.shuffle,
                     )
                 ],
             }
@@ -132,6 +141,9 @@ class StacStoreManager(StoreManager[pystac.Item]):
         text = redact(str(err))
         status = _http_status(text)
         cls = SourceError if status in (400, 401, 403, 404) else TransientSourceError
+        if cls is TransientSourceError:
+            # GDAL caches the failed open; without this a retry fails without a request.
+            clear_http_cache()
         return cls(
             f"Reading scene {identifier!r} failed: {text[:300]}; expected the asset server to "
             "answer with the COG bytes (retry later if the failure was transient).",
@@ -160,15 +172,9 @@ class StacStoreManager(StoreManager[pystac.Item]):
                 .items()
             )
         except APIError as err:
-            raise SourceError(
-                f"STAC API {redact(self.stac_url)!r} failed to look up item {item_id!r}: "
-                f"{redact(str(err))[:200]}; expected the item document."
-            ) from err
+            raise api_error(err, self.stac_url, f"the document of item {item_id!r}") from err
         except OSError as err:
-            raise TransientSourceError(
-                f"Cannot reach the STAC API at {redact(self.stac_url)!r} ({type(err).__name__}); "
-                "expected a reachable STAC API root URL."
-            ) from err
+            raise unreachable(err, self.stac_url) from err
         if not found:
             raise SceneNotFoundError(
                 f"Item {item_id!r} is not in collection {self.profile.collection!r} at "
@@ -191,15 +197,18 @@ class StacStoreManager(StoreManager[pystac.Item]):
         keys = {band: self.profile.asset_key(band) for band in bands}
         for band, key in keys.items():
             if key not in stac_item.assets:
+                present = ", ".join(sorted(stac_item.assets)[:8])
                 raise ItemError(
                     f"Item {stac_item.id!r} has no asset {key!r} for band {band}; expected the "
-                    f"{self.profile.name!r} asset keys ({', '.join(sorted(stac_item.assets)[:8])}...)."
+                    f"{self.profile.name!r} asset keys (it has {present}...)."
                 )
         item_dict = stac_item.to_dict(transform_hrefs=False)
         epsg = require_utm(stac_item.id, epsg_of(item_dict, list(keys.values())))
         geobox = scene_geobox(item_dict, list(keys.values()), epsg)
         chunk = self.chunk_size or choose_chunk(max(geobox.shape))
         configure_gdal()
+        # Asked to download means asked to read the source: not GDAL's in-process cache.
+        clear_http_cache([stac_item.assets[key].href for key in keys.values()])
         import odc.stac
 
         stac_cfg = {
@@ -264,7 +273,7 @@ def scene_geobox(item: dict[str, Any], asset_keys: list[str], epsg: int) -> GeoB
         ItemError: If no asset has grid fields.
     """
     footprints = []
-    for key, asset in item.get("assets", {}).items():
+    for _key, asset in item.get("assets", {}).items():
         shape_, transform = asset.get("proj:shape"), asset.get("proj:transform")
         if not shape_ or not transform:
             continue
@@ -286,9 +295,7 @@ def scene_geobox(item: dict[str, Any], asset_keys: list[str], epsg: int) -> GeoB
     top = max(f[3] for f in footprints)
     width = round((right - left) / RESOLUTION)
     height = round((top - bottom) / RESOLUTION)
-    return GeoBox(
-        (height, width), Affine(RESOLUTION, 0, left, 0, -RESOLUTION, top), f"EPSG:{epsg}"
-    )
+    return GeoBox((height, width), Affine(RESOLUTION, 0, left, 0, -RESOLUTION, top), f"EPSG:{epsg}")
 
 
 __all__ = ["StacStoreManager", "scene_geobox"]

@@ -84,8 +84,8 @@ def check_grid(scene: Path, ds: xr.Dataset, *, identifier: str) -> None:
         new = np.asarray(ds[dim].values)
         if stored.shape != new.shape:
             raise CoordinateMismatchError(
-                f"Scene {identifier!r}: new bands have {new.size} {dim} values but the stored scene "
-                f"in {scene.parent} has {stored.size}; expected the stored grid."
+                f"Scene {identifier!r}: new bands have {new.size} {dim} values but the stored "
+                f"scene in {scene.parent} has {stored.size}; expected the stored grid."
             )
         step = abs(float(stored[1] - stored[0])) if stored.size > 1 else 1.0
         diff = float(np.max(np.abs(stored - new))) if stored.size else 0.0
