@@ -36,7 +36,7 @@ def test_ingest_twice_then_ls_and_info(world, tmp_path):
     assert "Nothing to download" in second.stdout and "0 bands" in second.stdout
     ls = run("ls", "--store", str(store), check=True).stdout
     ident = f"es-l2a_{world.items[0].id}"
-    assert ident in ls and "B02,B03,B04" in ls
+    assert ident in ls and "B02,B03,B04" in ls, ls
     info = run("info", "--store", str(store), ident, check=True).stdout
     assert "120 x 120 px at 10 m" in info and "EPSG:" in info and "blosc" in info
 

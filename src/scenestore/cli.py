@@ -175,20 +175,17 @@ def ingest(
 
 def _print_summary(results, elapsed: float) -> None:
     table = Table(title="ingest summary")
-    for col, justify in (
-        ("scene", "left"),
-        ("status", "left"),
-        ("bands fetched", "left"),
-        ("bytes", "right"),
-        ("seconds", "right"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("scene", no_wrap=True)
+    table.add_column("status")
+    table.add_column("bands fetched")
+    table.add_column("bytes", justify="right")
+    table.add_column("seconds", justify="right")
     for r in results:
         status = "failed" if r.error else ("stored already" if r.skipped else "fetched")
         table.add_row(
             r.identifier,
             status,
-            ",".join(r.fetched) or "-",
+            _bands(r.fetched),
             _size(r.bytes_written),
             f"{r.seconds:.2f}",
         )
@@ -216,12 +213,12 @@ def ls_(store: StoreOpt) -> None:
 
     infos = list_scenes(store)
     table = Table(title=f"{len(infos)} scenes in {store}")
-    for col in ("scene", "bands", "size"):
-        table.add_column(col)
+    table.add_column("scene", no_wrap=True)
+    table.add_column("bands")
+    table.add_column("size", justify="right")
     for info in infos:
-        table.add_row(
-            info.identifier, ",".join(info.bands) or "(none committed)", _size(info.size_bytes)
-        )
+        bands = _bands(info.bands) if info.bands else "(none committed)"
+        table.add_row(info.identifier, bands, _size(info.size_bytes))
     console.print(table)
 
 
@@ -292,6 +289,13 @@ def world(
         sys.stdout.flush()
 
     serve_forever(directory, scenes=scenes, size=size, seed=seed, on_ready=ready)
+
+
+def _bands(bands: tuple[str, ...] | list[str]) -> str:
+    """All 13 bands as 'all 13 bands', otherwise the list."""
+    if set(bands) == set(ALL_BANDS):
+        return f"all {len(ALL_BANDS)}"
+    return ",".join(bands) or "-"
 
 
 def _size(n: int) -> str:

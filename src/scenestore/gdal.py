@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import warnings
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ def configure_gdal() -> None:
         from odc.stac import configure_rio
 
         configure_rio(cloud_defaults=True, **COG_OPTIONS)
+        # odc-loader resamples in-memory blocks with rasterio.warp, which warns that a bare
+        # array has no geotransform; the transforms are passed explicitly, so it is noise.
+        from rasterio.errors import NotGeoreferencedWarning
+
+        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio")
         _configured = True
 
 
