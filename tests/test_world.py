@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.parser
 import http.client
-import http.server
 import json
 import os
 import re
@@ -12,9 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import odc.stac
@@ -30,6 +31,7 @@ from scenestore.bands import ALL_BANDS, BAND_SPECS
 from scenestore.errors import InvalidRequestError
 from scenestore.world import (
     BAND_ASSETS,
+    FaultPlan,
     OfflineWorld,
     RangeFileServer,
     generate_world,
@@ -69,8 +71,9 @@ def files(tmp_path: Path) -> Iterator[RangeFileServer]:
 
 
 def request(
-    server: RangeFileServer, path: str, method: str = "GET", headers: dict[str, str] | None = None
+    server: Any, path: str, method: str = "GET", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection to ``server`` (anything with a ``port``)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
         conn.request(method, path, headers=headers or {})
@@ -224,27 +227,39 @@ def test_stats_count_requests_per_path(files: RangeFileServer) -> None:
     assert got.bytes_sent == 10 + 1000
     assert got.statuses == {206: 1, 200: 2}
     assert stats["sub/missing.bin"].statuses == {404: 1}
-    assert [r.status for r in files.requests()] == [206, 200, 200, 404]
+    # Records are appended when each handler finishes, so compare them as a multiset.
+    assert sorted(r.status for r in files.requests()) == [200, 200, 206, 404]
     files.reset_stats()
     assert files.stats() == {} and files.requests() == []
 
 
-def test_fault_hook_can_take_over_a_response(files: RangeFileServer) -> None:
-    class Unavailable:
-        def intercept(
-            self, method: str, path: str, handler: http.server.BaseHTTPRequestHandler
-        ) -> int | None:
-            if path != "sub/data.bin":
-                return None
-            handler.send_response(503)
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
-            return 503
+def test_fault_plan_applies_in_process_and_only_to_matching_paths(
+    files: RangeFileServer,
+) -> None:
+    assert files.faults is None
+    files.faults = FaultPlan(status_503=1.0, path_glob="sub/*.bin", retry_after=3)
+    status, headers, _ = request(files, "/sub/data.bin")
+    assert (status, headers["Retry-After"]) == (503, "3")
+    assert request(files, "/other.bin")[0] == 404  # outside the glob: served normally
+    files.faults = None
+    assert request(files, "/sub/data.bin")[0] == 200
+    assert files.stats()["sub/data.bin"].statuses == {503: 1, 200: 1}
+    assert files.stats()["sub/data.bin"].faults == {"status_503": 1}
+    assert files.fault_count() == 1 and files.fault_count("status_429") == 0
 
-    files.faults = Unavailable()
-    assert request(files, "/sub/data.bin")[0] == 503
-    assert request(files, "/sub/missing.bin")[0] == 404
-    assert files.stats()["sub/data.bin"].statuses == {503: 1}
+
+def test_control_paths_are_reserved_uncounted_and_never_faulted(files: RangeFileServer) -> None:
+    (files.root / "_world").mkdir()
+    (files.root / "_world" / "health").write_text("a data file must not shadow a control path")
+    files.faults = FaultPlan(status_503=1.0)
+    status, _, body = request(files, "/_world/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    assert request(files, "/%5Fworld/health")[0] == 200  # no way around it by quoting
+    status, _, body = request(files, "/_world/requests?server=cog")
+    assert (status, json.loads(body)) == (200, [])
+    assert request(files, "/_world/nope")[0] == 404
+    assert request(files, "/_world/requests?server=nope")[0] == 404
+    assert files.requests() == []
 
 
 def test_stop_releases_the_port(tmp_path: Path) -> None:
@@ -525,15 +540,54 @@ def _refused(url: str) -> bool:
     return False
 
 
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether process ``pid`` has exited (or is a zombie) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def test_world_stops_everything_on_exit_even_after_an_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"), OfflineWorld(tmp_path, scenes=1) as world:
         process = world._process
+        assert world.servers is not None
+        server_pid = world.servers.pid
         urls = (world.stac_url, world.data_url)
-        assert world.is_alive()
+        assert world.is_alive() and server_pid not in (None, os.getpid())
         raise RuntimeError("boom")
     assert process is not None and process.poll() is not None
+    assert server_pid is not None and _gone(server_pid, timeout=0)
     assert all(_refused(url) for url in urls)
     assert not any((tmp_path / "serve").iterdir())
+
+
+def test_servers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    code = (
+        "import sys; from scenestore.world import serve_forever; "
+        "serve_forever(sys.argv[1], 1, 'tiny', 0, "
+        "on_ready=lambda w: print(w.servers.pid, w._process.pid, flush=True))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]  # type: ignore[union-attr]
+        assert len(pids) == 2, "serve_forever did not report readiness"
+        proc.kill()  # no cleanup runs in the parent: the children must notice by themselves
+        proc.wait(timeout=10)
+        assert all(_gone(pid) for pid in pids), pids
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_serve_forever_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

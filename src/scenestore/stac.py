@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import pystac
 import xarray as xr
-from affine import Affine
 from odc.geo.geobox import GeoBox
 from zarr.codecs import BloscCodec, BloscShuffle
 
@@ -25,6 +23,7 @@ from scenestore.errors import (
     TransientSourceError,
 )
 from scenestore.gdal import clear_http_cache, configure_gdal
+from scenestore.grid import coarsen, plan_reads, scene_geobox, upsample
 from scenestore.ids import validate_identifier
 from scenestore.layout import choose_chunk
 from scenestore.manager import StoreManager
@@ -34,9 +33,6 @@ from scenestore.search import api_error, unreachable
 from scenestore.storage import json_safe
 
 logger = logging.getLogger(__name__)
-
-#: Output pixel size in metres: every band is stored on the scene's 10 m grid.
-RESOLUTION = 10
 
 
 class StacStoreManager(StoreManager[pystac.Item]):
@@ -211,26 +207,38 @@ class StacStoreManager(StoreManager[pystac.Item]):
         clear_http_cache([stac_item.assets[key].href for key in keys.values()])
         import odc.stac
 
-        stac_cfg = {
-            "*": {
-                "assets": {
-                    key: {"data_type": BAND_SPECS[band].dtype, "nodata": BAND_SPECS[band].nodata}
-                    for band, key in keys.items()
+        def load(group: dict[str, str], grid: GeoBox, edge: int) -> xr.Dataset:
+            stac_cfg = {
+                "*": {
+                    "assets": {
+                        key: {"data_type": BAND_SPECS[b].dtype, "nodata": BAND_SPECS[b].nodata}
+                        for b, key in group.items()
+                    }
                 }
             }
-        }
-        ds = odc.stac.load(
-            [stac_item],
-            bands=list(keys.values()),
-            geobox=geobox,
-            resampling="nearest",
-            chunks={"x": chunk, "y": chunk},
-            stac_cfg=stac_cfg,
-            groupby="id",
-        )
-        ds = ds.rename({key: band for band, key in keys.items()})
-        if "time" in ds.dims:
-            ds = ds.isel(time=0, drop=True)
+            part = odc.stac.load(
+                [stac_item],
+                bands=list(group.values()),
+                geobox=grid,
+                resampling="nearest",
+                chunks={"x": edge, "y": edge},
+                stac_cfg=stac_cfg,
+                groupby="id",
+            )
+            part = part.rename({key: b for b, key in group.items()})
+            return part.isel(time=0, drop=True) if "time" in part.dims else part
+
+        # Bands whose native grid nests in the 10 m grid are read at native resolution and
+        # repeated: exactly nearest resampling, without GDAL warping every block.
+        parts = []
+        for factor, group in plan_reads(item_dict, keys, geobox, chunk).items():
+            if factor == 1:
+                parts.append(load(group, geobox, chunk))
+            else:
+                native = load(group, coarsen(geobox, factor), chunk // factor)
+                parts.append(upsample(native, factor, geobox))
+        ds = xr.merge(parts, compat="override", join="exact", combine_attrs="drop_conflicts")
+        ds = ds[list(keys)]
         ds.attrs = json_safe(
             {
                 **stac_item.properties,
@@ -262,40 +270,4 @@ def _http_status(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def scene_geobox(item: dict[str, Any], asset_keys: list[str], epsg: int) -> GeoBox:
-    """Return the scene's 10 m grid from the footprint of its assets' ``proj:`` fields.
-
-    The footprint is taken from every asset that has ``proj:shape``/``proj:transform``
-    (odc-stac does the same), so requesting a 20 m band alone still yields the scene's full
-    10 m grid.
-
-    Raises:
-        ItemError: If no asset has grid fields.
-    """
-    footprints = []
-    for _key, asset in item.get("assets", {}).items():
-        shape_, transform = asset.get("proj:shape"), asset.get("proj:transform")
-        if not shape_ or not transform:
-            continue
-        a = Affine(*transform[:6])
-        footprints.append((a.c, a.f + shape_[0] * a.e, a.c + shape_[1] * a.a, a.f))
-    if not footprints:
-        props = item.get("properties", {})
-        if props.get("proj:shape") and props.get("proj:transform"):
-            a, shape_ = Affine(*props["proj:transform"][:6]), props["proj:shape"]
-            footprints.append((a.c, a.f + shape_[0] * a.e, a.c + shape_[1] * a.a, a.f))
-    if not footprints:
-        raise ItemError(
-            f"Item {item.get('id')!r} has no proj:shape/proj:transform on assets {asset_keys}; "
-            "expected the projection extension's grid fields."
-        )
-    left = min(f[0] for f in footprints)
-    bottom = min(f[1] for f in footprints)
-    right = max(f[2] for f in footprints)
-    top = max(f[3] for f in footprints)
-    width = round((right - left) / RESOLUTION)
-    height = round((top - bottom) / RESOLUTION)
-    return GeoBox((height, width), Affine(RESOLUTION, 0, left, 0, -RESOLUTION, top), f"EPSG:{epsg}")
-
-
-__all__ = ["StacStoreManager", "scene_geobox"]
+__all__ = ["StacStoreManager"]

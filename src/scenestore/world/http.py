@@ -1,9 +1,14 @@
-"""A read-only HTTP/1.1 file server with byte-range support, request counting and a fault hook.
+"""A read-only HTTP/1.1 file server with byte-range support, request counting and faults.
 
 GDAL reads Cloud-Optimized GeoTIFFs over ``/vsicurl/`` with ``Range`` requests (single and
 multiple ranges) on kept-alive connections; Python's ``http.server`` does not answer those, so
 this module does. Every request is counted per path, so tests can assert exactly which files a
-client fetched.
+client fetched, and a :class:`~scenestore.world.faults.FaultPlan` can make a share of them fail.
+
+The handler base here is shared with the STAC proxy (:mod:`scenestore.world.proxy`): quiet,
+kept-alive, counted, faultable, and answering the control endpoints under
+:data:`CONTROL_PREFIX` (never counted, never faulted) with which another process reads the
+counters and sets the faults (:mod:`scenestore.world.remote`).
 """
 
 from __future__ import annotations
@@ -14,58 +19,25 @@ import os
 import socket
 import threading
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from scenestore.errors import StoreError
+from scenestore.world.faults import FaultKind, FaultPlan
+from scenestore.world.traffic import (
+    CONTROL_PREFIX,
+    Controls,
+    PathStats,
+    RequestRecord,
+    Traffic,
+    TrafficView,
+    WorldHandler,
+)
 
 _CHUNK = 256 * 1024
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    """One request the server answered.
-
-    Attributes:
-        method: HTTP method, ``"GET"`` or ``"HEAD"``.
-        path: Path relative to the served root (``"<scene>/<BAND>.tif"``), or the raw request
-            path when it could not be mapped into the root.
-        status: Status code sent.
-        range: The ``Range`` header as received, or None.
-        bytes_sent: Body bytes written (0 for HEAD).
-    """
-
-    method: str
-    path: str
-    status: int
-    range: str | None
-    bytes_sent: int
-
-
-@dataclass(frozen=True)
-class PathStats:
-    """Counters of the requests for one path.
-
-    Attributes:
-        requests: All requests, any method.
-        gets: GET requests.
-        heads: HEAD requests.
-        range_requests: Requests that carried a ``Range`` header.
-        bytes_sent: Body bytes sent.
-        statuses: Count of each status code sent.
-    """
-
-    requests: int = 0
-    gets: int = 0
-    heads: int = 0
-    range_requests: int = 0
-    bytes_sent: int = 0
-    statuses: dict[int, int] = field(default_factory=dict)
 
 
 class Target(NamedTuple):
@@ -81,31 +53,6 @@ class Target(NamedTuple):
     key: str
     file: Path | None
     is_allowed: bool
-
-
-class FaultPolicy(Protocol):
-    """Hook consulted before every request is served (for fault injection in tests)."""
-
-    def intercept(self, method: str, path: str, handler: BaseHTTPRequestHandler) -> int | None:
-        """Optionally take over the response.
-
-        Args:
-            method: The HTTP method.
-            path: The path relative to the served root (as in :class:`RequestRecord`).
-            handler: The live request handler; write a response to it or drop its connection.
-
-        Returns:
-            None to let the server answer normally, or the status code the hook sent itself.
-        """
-        ...
-
-
-class NoFaults:
-    """The default :class:`FaultPolicy`: never interferes."""
-
-    def intercept(self, method: str, path: str, handler: BaseHTTPRequestHandler) -> int | None:
-        """Serve normally."""
-        return None
 
 
 def parse_range(header: str | None, size: int) -> list[tuple[int, int]] | None:
@@ -147,64 +94,25 @@ def parse_range(header: str | None, size: int) -> list[tuple[int, int]] | None:
     return ranges
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, so GDAL reuses its connections
-    timeout = 60  # idle keep-alive connections are closed after this many seconds
-    # headers and body go out in separate writes; with Nagle on, each small range request
-    # would wait ~40 ms for the client's delayed ACK
-    disable_nagle_algorithm = True
+class _FileHandler(WorldHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
-        """Stay quiet: requests are counted, not logged."""
+    def request_key(self) -> str:
+        return self.server.owner.resolve(self.path).key
 
-    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
-        """Serve a file or byte ranges of it."""
-        self._serve(head=False)
+    def respond(self, key: str, head: bool, body: bytes) -> None:
+        if self.command not in ("GET", "HEAD"):
+            self.send_text(405, f"Method {self.command} not allowed", head, {"Allow": "GET, HEAD"})
+            return
+        target = self.server.owner.resolve(self.path)
+        if not target.is_allowed:
+            self.send_text(400, "Bad path: no '..', '.' or '\\' segments", head)
+        elif target.file is None:
+            self.send_text(404, "Not found", head)
+        else:
+            self._send_file(target.file, self.headers.get("Range"), head)
 
-    def do_HEAD(self) -> None:  # noqa: N802 (stdlib naming)
-        """Serve the headers a GET would get."""
-        self._serve(head=True)
-
-    def _serve(self, *, head: bool) -> None:
-        owner = self.server.owner
-        range_header = self.headers.get("Range")
-        target = owner.resolve(self.path)
-        key, file = target.key, target.file
-        status, sent = 500, 0
-        try:
-            hooked = owner.faults.intercept(self.command, key, self)
-            if hooked is not None:
-                status = hooked
-            elif not target.is_allowed:
-                status = 400
-                sent = self._send_text(status, "Bad path: no '..', '.' or '\\' segments", head)
-            elif file is None:
-                status = 404
-                sent = self._send_text(status, "Not found", head)
-            else:
-                status, sent = self._send_file(file, range_header, head)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.close_connection = True
-        finally:
-            owner.record(RequestRecord(self.command, key, status, range_header, sent))
-
-    def _send_text(
-        self, status: int, text: str, head: bool, headers: dict[str, str] | None = None
-    ) -> int:
-        body = f"{text}\n".encode()
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if head:
-            return 0
-        self.wfile.write(body)
-        return len(body)
-
-    def _send_file(self, file: Path, range_header: str | None, head: bool) -> tuple[int, int]:
+    def _send_file(self, file: Path, range_header: str | None, head: bool) -> None:
         with open(file, "rb") as fh:
             info = os.fstat(fh.fileno())
             size = info.st_size
@@ -217,15 +125,20 @@ class _Handler(BaseHTTPRequestHandler):
             ranges = parse_range(range_header, size)
             if ranges == []:
                 common["Content-Range"] = f"bytes */{size}"
-                return 416, self._send_text(416, "Range not satisfiable", head, common)
+                self.send_text(416, "Range not satisfiable", head, common)
+                return
             if ranges is None:
-                self._start(200, ctype, size, common)
-                return 200, 0 if head else self._copy(fh, 0, size)
+                self.send_head(200, {"Content-Type": ctype, **common}, size)
+                if not head:
+                    self._copy(fh, 0, size)
+                return
             if len(ranges) == 1:
                 first, last = ranges[0]
                 common["Content-Range"] = f"bytes {first}-{last}/{size}"
-                self._start(206, ctype, last - first + 1, common)
-                return 206, 0 if head else self._copy(fh, first, last - first + 1)
+                self.send_head(206, {"Content-Type": ctype, **common}, last - first + 1)
+                if not head:
+                    self._copy(fh, first, last - first + 1)
+                return
             boundary = uuid.uuid4().hex
             heads = [
                 (
@@ -236,49 +149,36 @@ class _Handler(BaseHTTPRequestHandler):
             ]
             tail = f"--{boundary}--\r\n".encode()
             length = sum(len(h) + (b - a + 1) + 2 for h, (a, b) in zip(heads, ranges, strict=True))
-            self._start(
-                206, f"multipart/byteranges; boundary={boundary}", length + len(tail), common
-            )
+            ctype = f"multipart/byteranges; boundary={boundary}"
+            self.send_head(206, {"Content-Type": ctype, **common}, length + len(tail))
             if head:
-                return 206, 0
-            sent = 0
+                return
             for part_head, (a, b) in zip(heads, ranges, strict=True):
-                self.wfile.write(part_head)
-                sent += len(part_head) + self._copy(fh, a, b - a + 1)
-                self.wfile.write(b"\r\n")
-                sent += 2
-            self.wfile.write(tail)
-            return 206, sent + len(tail)
+                self.write_body(part_head)
+                self._copy(fh, a, b - a + 1)
+                self.write_body(b"\r\n")
+            self.write_body(tail)
 
-    def _start(self, status: int, ctype: str, length: int, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(length))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-
-    def _copy(self, fh: Any, offset: int, length: int) -> int:
+    def _copy(self, fh: Any, offset: int, length: int) -> None:
         fh.seek(offset)
-        sent = 0
-        while sent < length:
-            chunk = fh.read(min(_CHUNK, length - sent))
+        left = length
+        while left > 0:
+            chunk = fh.read(min(_CHUNK, left))
             if not chunk:
                 break
-            self.wfile.write(chunk)
-            sent += len(chunk)
-        return sent
+            self.write_body(chunk)
+            left -= len(chunk)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # idle keep-alive clients must not block shutdown
 
-    def __init__(self, address: tuple[str, int], owner: RangeFileServer) -> None:
+    def __init__(self, address: tuple[str, int], owner: Any, handler: type[WorldHandler]) -> None:
         self.owner = owner
         self.connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
@@ -301,36 +201,40 @@ class _Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
-class RangeFileServer:
-    """Serve a directory read-only over HTTP/1.1 on loopback, counting every request.
+class LoopbackServer(TrafficView):
+    """Base of the world's in-process HTTP servers: lifecycle, counters, faults, controls.
 
-    The constructor does no I/O; :meth:`start` binds an ephemeral port (or ``port``) and serves
-    from a daemon thread. Use it as a context manager to stop it reliably.
+    The constructor does no I/O; :meth:`start` binds (``port`` 0 picks a free one) and serves
+    from daemon threads. Use it as a context manager to stop it reliably.
 
     Args:
-        root: Directory to serve. Paths outside it (``..``, symlinks out) are never served;
-            directories are never listed.
         host: Address to bind.
         port: Port to bind; 0 picks a free one.
-        faults: Hook consulted before each request; :class:`NoFaults` by default.
+        faults: Fault plan applied to the requests (none by default).
+        name: Name of this server's counters at the control endpoints (``"cog"``, ``"stac"``).
+
+    Attributes:
+        traffic: The request log and fault injector.
+        controls: What the control endpoints under :data:`CONTROL_PREFIX` reach; by default
+            only this server's own traffic, under ``name``.
     """
+
+    _handler: type[WorldHandler]
 
     def __init__(
         self,
-        root: Path,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        faults: FaultPolicy | None = None,
+        faults: FaultPlan | None = None,
+        name: str = "cog",
     ) -> None:
-        self.root = Path(root)
         self.host = host
-        self.faults: FaultPolicy = faults or NoFaults()
+        self.traffic = Traffic(faults)
+        self.controls = Controls({name: self.traffic})
         self._port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._log: list[RequestRecord] = []
 
     @property
     def port(self) -> int:
@@ -341,8 +245,8 @@ class RangeFileServer:
         """
         if self._server is None:
             raise StoreError(
-                f"RangeFileServer for {str(self.root)!r} is not started; "
-                "call start() or use it as a context manager."
+                f"{type(self).__name__} is not started; call start() or use it as a "
+                "context manager."
             )
         return int(self._server.server_address[1])
 
@@ -351,25 +255,32 @@ class RangeFileServer:
         """Base URL, e.g. ``http://127.0.0.1:41234`` (no trailing slash)."""
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> RangeFileServer:
+    @property
+    def faults(self) -> FaultPlan | None:
+        """The fault plan in force; setting one restarts its RNG and fault count."""
+        return self.traffic.plan
+
+    @faults.setter
+    def faults(self, plan: FaultPlan | None) -> None:
+        self.traffic.plan = plan
+
+    def start(self) -> LoopbackServer:
         """Bind and start serving in a daemon thread; returns ``self``."""
         if self._server is not None:
             return self
-        if not self.root.is_dir():
-            raise StoreError(
-                f"Cannot serve {str(self.root)!r}: not a directory; "
-                "expected an existing directory of files."
-            )
-        self._root_resolved = self.root.resolve()
-        self._server = _Server((self.host, self._port), self)
+        self._prepare()
+        self._server = _Server((self.host, self._port), self, self._handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             args=(0.05,),
-            name=f"range-file-server-{self.port}",
+            name=f"{type(self).__name__}-{self.port}",
             daemon=True,
         )
         self._thread.start()
         return self
+
+    def _prepare(self) -> None:
+        """Check the configuration before binding (subclasses)."""
 
     def stop(self) -> None:
         """Stop serving, close open connections and release the port. Idempotent."""
@@ -382,11 +293,65 @@ class RangeFileServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> RangeFileServer:
+    def __enter__(self) -> Any:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def requests(self) -> list[RequestRecord]:
+        """Every request answered since start or the last :meth:`reset_stats`, in order."""
+        return self.traffic.requests()
+
+    def reset_stats(self) -> None:
+        """Forget every request counted so far."""
+        self.traffic.reset()
+
+
+class RangeFileServer(LoopbackServer):
+    """Serve a directory read-only over HTTP/1.1 on loopback, counting every request.
+
+    Runs in the calling process (threads). Clients in the same process that hold the GIL while
+    doing HTTP (GDAL under rasterio) can deadlock against it; :class:`~scenestore.world.
+    OfflineWorld` therefore runs it in a child process (:mod:`scenestore.world.remote`).
+
+    Args:
+        root: Directory to serve. Paths outside it (``..``, symlinks out) are never served;
+            directories are never listed; paths under :data:`CONTROL_PREFIX` are reserved.
+        host: Address to bind.
+        port: Port to bind; 0 picks a free one.
+        faults: Fault plan applied to file requests (none by default).
+    """
+
+    _handler = _FileHandler
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: FaultPlan | None = None,
+    ) -> None:
+        super().__init__(host=host, port=port, faults=faults, name="cog")
+        self.root = Path(root)
+        self._root_resolved = self.root.resolve()
+
+    def _prepare(self) -> None:
+        if not self.root.is_dir():
+            raise StoreError(
+                f"Cannot serve {str(self.root)!r}: not a directory; "
+                "expected an existing directory of files."
+            )
+        self._root_resolved = self.root.resolve()
+
+    def start(self) -> RangeFileServer:
+        """Bind and start serving in a daemon thread; returns ``self``."""
+        super().start()
+        return self
+
+    def __enter__(self) -> RangeFileServer:
+        return self.start()
 
     def resolve(self, request_path: str) -> Target:
         """Map a request target to a file under the root; never leaves the root."""
@@ -407,43 +372,11 @@ class RangeFileServer:
             return Target(key, None, is_allowed=True)
         return Target(key, candidate, is_allowed=True)
 
-    def record(self, entry: RequestRecord) -> None:
-        """Count one answered request (called by the handler threads)."""
-        with self._lock:
-            self._log.append(entry)
-
-    def requests(self) -> list[RequestRecord]:
-        """Every request answered since start or the last :meth:`reset_stats`, in order."""
-        with self._lock:
-            return list(self._log)
-
-    def stats(self) -> dict[str, PathStats]:
-        """Per-path counters since start or the last :meth:`reset_stats`."""
-        grouped: dict[str, list[RequestRecord]] = {}
-        for rec in self.requests():
-            grouped.setdefault(rec.path, []).append(rec)
-        return {path: _summarise(records) for path, records in grouped.items()}
-
-    def reset_stats(self) -> None:
-        """Forget every request counted so far."""
-        with self._lock:
-            self._log.clear()
-
-
-def _summarise(records: list[RequestRecord]) -> PathStats:
-    return PathStats(
-        requests=len(records),
-        gets=sum(r.method == "GET" for r in records),
-        heads=sum(r.method == "HEAD" for r in records),
-        range_requests=sum(r.range is not None for r in records),
-        bytes_sent=sum(r.bytes_sent for r in records),
-        statuses=dict(Counter(r.status for r in records)),
-    )
-
 
 __all__ = [
-    "FaultPolicy",
-    "NoFaults",
+    "CONTROL_PREFIX",
+    "FaultKind",
+    "LoopbackServer",
     "PathStats",
     "RangeFileServer",
     "RequestRecord",

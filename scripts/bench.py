@@ -1,0 +1,363 @@
+"""`make bench`: scenestore's ingest beside the original algorithm and the hardware's limit.
+
+One run prints, side by side, on the same scenes of the offline world (COGs served over real
+HTTP on 127.0.0.1 by a separate process):
+
+* baseline   - the original algorithm: eager odc-stac load of all bands, one ``to_zarr`` with
+               the original encodings (4096 px chunks, _FillValue 0), an xarray open per
+               missing-band check;
+* limit      - the same COG bytes downloaded whole, decoded with rasterio, resampled to 10 m
+               (nearest) and written with the same zarr codec in chunks that fit, spread over
+               both cores (two processes);
+* scenestore - ``StacStoreManager.download_and_store`` of the same scenes.
+
+Each variant runs in a fresh process (no shared GDAL cache), its peak RSS sampled over its
+whole process tree. The last line printed is one JSON object with the figures.
+
+    python scripts/bench.py            # small scenes (1098 px), a few minutes
+    python scripts/bench.py --full     # one real-size 10980 px tile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / ".bench"
+ALL_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12",
+             "SCL"]
+CHECK_SCENES = 500
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants, from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm") as fh:
+                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return total
+
+
+def run_variant(name: str, args: list[str]) -> dict:
+    """Run one variant in a fresh process; return its JSON result plus wall time and peak RSS."""
+    cmd = [sys.executable, __file__, "--variant", name, *args]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(proc.pid))
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    done.set()
+    sampler.join()
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"variant {name} failed with exit code {proc.returncode}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(wall_s=wall, peak_rss_mb=peak / 1e6)
+    return result
+
+
+# -- the variants (each runs in its own process) ---------------------------------------------
+
+
+def variant_baseline(items: list[dict], store: Path) -> dict:
+    """The original algorithm: eager load of every band, one to_zarr per scene."""
+    import odc.stac
+    import pystac
+    import xarray as xr
+    from zarr.codecs import BloscCodec
+
+    from scenestore.profiles import PROFILES
+
+    keys = PROFILES["earth-search"].asset_keys
+    started = time.perf_counter()
+    for doc in items:
+        item = pystac.Item.from_dict(doc)
+        ds = odc.stac.load([item], bands=[keys[b] for b in ALL_BANDS], crs="utm", resolution=10,
+                           resampling="nearest")
+        ds = ds.rename({keys[b]: b for b in ALL_BANDS}).isel(time=0).drop_vars("time")
+        ds["SCL"] = ds["SCL"].astype("uint8")
+        enc = {b: {"dtype": "uint16", "chunks": (4096, 4096), "_FillValue": 0,
+                   "compressors": BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")}
+               for b in ALL_BANDS}
+        enc["SCL"]["dtype"] = "uint8"
+        ds.to_zarr(store / f"{item.id}.zarr", encoding=enc, consolidated=False, mode="w")
+        del ds
+    return {"ingest_s": time.perf_counter() - started}
+
+
+def _limit_band(task: tuple[str, str, str, int]) -> int:
+    """Download one COG whole, decode, resample to 10 m by repetition, write one zarr array."""
+    import urllib.request
+
+    import numpy as np
+    import zarr
+    from rasterio.io import MemoryFile
+    from zarr.codecs import BloscCodec
+
+    from scenestore.layout import choose_chunk
+
+    href, target, band, size = task
+    with urllib.request.urlopen(href) as resp:
+        payload = resp.read()
+    with MemoryFile(payload) as mem, mem.open() as src:
+        data = src.read(1)
+    factor = size // data.shape[0]
+    if factor > 1:
+        data = np.repeat(np.repeat(data, factor, axis=0), factor, axis=1)
+    chunk = choose_chunk(size)
+    arr = zarr.create_array(
+        store=target, name=band, shape=data.shape, dtype=data.dtype, chunks=(chunk, chunk),
+        fill_value=0, compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
+        overwrite=True,
+    )
+    arr[...] = data
+    return len(payload)
+
+
+def variant_limit(items: list[dict], store: Path) -> dict:
+    """The same bytes, the same codec, no framework: both cores, two processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from scenestore.profiles import PROFILES
+
+    keys = PROFILES["earth-search"].asset_keys
+    tasks = []
+    for doc in items:
+        size = doc["assets"]["red"]["proj:shape"][0]
+        for band in ALL_BANDS:
+            target = str(store / f"{doc['id']}.zarr")
+            tasks.append((doc["assets"][keys[band]]["href"], target, band, size))
+    # Largest first so the two processes finish together.
+    tasks.sort(key=lambda t: -int(t[3] / {"B01": 6, "B09": 6}.get(t[2], 1)))
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        fetched = sum(pool.map(_limit_band, tasks))
+    return {"ingest_s": time.perf_counter() - started, "fetched_bytes": fetched}
+
+
+def variant_scenestore(items: list[dict], store: Path) -> dict:
+    """scenestore's ingest of the same scenes."""
+    import pystac
+
+    from scenestore import StacStoreManager
+
+    manager = StacStoreManager(ALL_BANDS, store)
+    started = time.perf_counter()
+    for doc in items:
+        manager.download_and_store(pystac.Item.from_dict(doc))
+    return {"ingest_s": time.perf_counter() - started}
+
+
+def variant_incremental(items: list[dict], store: Path) -> dict:
+    """4 bands, then all 13: time, and whether any stored chunk of the 4 was rewritten."""
+    import pystac
+
+    from scenestore import StacStoreManager
+
+    four = ["B02", "B03", "B04", "B08"]
+    # Warm up imports and GDAL on another scene so both timings below are steady-state.
+    StacStoreManager(["B01"], store / "warm").download_and_store(pystac.Item.from_dict(items[-1]))
+    item = pystac.Item.from_dict(items[0])
+    started = time.perf_counter()
+    StacStoreManager(four, store).download_and_store(item)
+    first = time.perf_counter() - started
+    scene = next(store.glob("*.zarr"))
+    before = {str(p): p.stat().st_mtime_ns for b in four for p in (scene / b).rglob("*")}
+    started = time.perf_counter()
+    StacStoreManager(ALL_BANDS, store).download_and_store(item)
+    second = time.perf_counter() - started
+    after = {str(p): p.stat().st_mtime_ns for b in four for p in (scene / b).rglob("*")}
+    started = time.perf_counter()
+    StacStoreManager(ALL_BANDS, store / "at-once").download_and_store(item)
+    at_once = time.perf_counter() - started
+    return {"four_s": first, "then_13_s": second, "at_once_13_s": at_once,
+            "rewrote_stored_chunks": before != after}
+
+
+def variant_open(items: list[dict], store: Path) -> dict:
+    """Open a stored scene lazily, then eagerly: times and dtypes."""
+    from scenestore import StacStoreManager
+
+    manager = StacStoreManager(ALL_BANDS, store)
+    ident = manager.identifier(items[0]["id"])
+    manager.open(manager.identifier(items[-1]["id"]))  # first open pays xarray's backend set-up
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        lazy = manager.open(ident)
+        times.append(time.perf_counter() - started)
+    open_ms = sorted(times)[len(times) // 2] * 1000
+    is_lazy = all(lazy[b].chunks is not None for b in ALL_BANDS)
+    started = time.perf_counter()
+    eager = manager.open(ident, eager=True)
+    load_s = time.perf_counter() - started
+    dtypes = sorted({str(eager[b].dtype) for b in ALL_BANDS})
+    return {"open_ms": open_ms, "lazy": is_lazy, "eager_load_s": load_s, "eager_dtypes": dtypes,
+            "eager_gb": sum(eager[b].nbytes for b in ALL_BANDS) / 1e9}
+
+
+def variant_check(items: list[dict], store: Path, how: str) -> dict:
+    """Per-scene cost of the missing-band check over a store of CHECK_SCENES scenes."""
+    scenes = sorted(store.glob("*.zarr"))
+    if how == "baseline":
+        import xarray as xr
+
+        started = time.perf_counter()
+        for path in scenes:
+            present = set(xr.open_zarr(path, consolidated=False).data_vars)
+            _ = [b for b in ALL_BANDS if b not in present]
+    else:
+        from scenestore import StacStoreManager
+        from scenestore.layout import identifier_of
+
+        manager = StacStoreManager(ALL_BANDS, store)
+        started = time.perf_counter()
+        for path in scenes:
+            manager.missing_bands(identifier_of(path))
+    elapsed = time.perf_counter() - started
+    return {"check_ms_per_scene": elapsed * 1000 / len(scenes), "scenes": len(scenes)}
+
+
+# -- orchestration ---------------------------------------------------------------------------
+
+
+def _child(args: argparse.Namespace) -> None:
+    items = json.loads(Path(args.items).read_text())
+    store = Path(args.store)
+    if args.variant.startswith("check-"):
+        result = variant_check(items, store, args.variant.split("-", 1)[1])
+    else:
+        result = globals()[f"variant_{args.variant}"](items, store)
+    print(json.dumps(result))
+
+
+def _source_bytes(world, items: list[dict]) -> int:
+    from scenestore.profiles import PROFILES
+
+    keys = PROFILES["earth-search"].asset_keys
+    total = 0
+    for doc in items:
+        for band in ALL_BANDS:
+            total += world.manifest.band_path(doc["id"], band).stat().st_size
+            assert doc["assets"][keys[band]]["href"]
+    return total
+
+
+def _check_store(src_scene: Path, target: Path) -> None:
+    """CHECK_SCENES copies of one stored scene (hard links: the check reads metadata only)."""
+    target.mkdir(parents=True)
+    for i in range(CHECK_SCENES):
+        shutil.copytree(src_scene, target / f"es-l2a_copy{i:04d}.zarr", copy_function=os.link)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="one real-size 10980 px tile")
+    parser.add_argument("--scenes", type=int, default=None, help="number of scenes")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--items", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        _child(args)
+        return
+
+    from scenestore.world import OfflineWorld
+
+    size = "full" if args.full else "small"
+    n = args.scenes or (1 if args.full else 4)
+    world_dir = BENCH_DIR / f"world-{size}-{n}"
+    print(f"Offline world: {n} {size} scene(s) in {world_dir} (generated once, then cached)")
+    with OfflineWorld(world_dir, scenes=n, size=size, seed=7) as world, \
+            tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix="run-") as tmp:
+        items = [item.to_dict(transform_hrefs=False) for item in world.items]
+        items_file = Path(tmp) / "items.json"
+        items_file.write_text(json.dumps(items))
+        source = _source_bytes(world, items)
+        px = items[0]["assets"]["red"]["proj:shape"][0]
+        print(f"{len(items)} scenes x 13 bands, {px} px at 10 m, {source / 1e6:.1f} MB of COGs\n")
+
+        def run(name: str, store_name: str | None = None) -> dict:
+            store = Path(tmp) / (store_name or name)
+            store.mkdir(exist_ok=True)
+            result = run_variant(name, ["--items", str(items_file), "--store", str(store)])
+            result["mb_s"] = source / 1e6 / result["ingest_s"] if "ingest_s" in result else None
+            return result
+
+        results = {name: run(name) for name in ("baseline", "limit", "scenestore")}
+        incremental = run("incremental")
+        opened = run("open", "scenestore")
+        first = next((Path(tmp) / "scenestore").glob("*.zarr"))
+        _check_store(first, Path(tmp) / "check")
+        checks = {how: run(f"check-{how}", "check") for how in ("baseline", "scenestore")}
+
+    print(f"{'variant':<12}{'ingest s':>10}{'wall s':>9}{'MB/s':>9}{'peak RSS MB':>13}")
+    for name, r in results.items():
+        print(f"{name:<12}{r['ingest_s']:>10.2f}{r['wall_s']:>9.2f}{r['mb_s']:>9.1f}"
+              f"{r['peak_rss_mb']:>13.0f}")
+    s, b, lim = results["scenestore"], results["baseline"], results["limit"]
+    print(f"\nscenestore / baseline throughput: {b['ingest_s'] / s['ingest_s']:.2f}x"
+          f"   scenestore / limit: {lim['ingest_s'] / s['ingest_s']:.2f}x")
+    print(f"one scene: 4 bands {incremental['four_s']:.2f} s, then asking for 13 "
+          f"{incremental['then_13_s']:.2f} s, vs 13 at once {incremental['at_once_13_s']:.2f} s; "
+          f"stored chunks rewritten: {incremental['rewrote_stored_chunks']}")
+    print(f"cached open: {opened['open_ms']:.1f} ms, lazy={opened['lazy']}; eager load "
+          f"{opened['eager_load_s']:.2f} s, {opened['eager_gb']:.2f} GB, dtypes {opened['eager_dtypes']}")
+    cb, cs = checks["baseline"], checks["scenestore"]
+    print(f"missing-band check over {cs['scenes']} scenes: baseline {cb['check_ms_per_scene']:.2f} ms"
+          f"/scene, scenestore {cs['check_ms_per_scene']:.3f} ms/scene "
+          f"({cb['check_ms_per_scene'] / cs['check_ms_per_scene']:.0f}x cheaper)")
+    summary = {
+        "size": size,
+        "scenes": n,
+        "source_mb": round(source / 1e6, 1),
+        "baseline_s": round(b["ingest_s"], 2),
+        "limit_s": round(lim["ingest_s"], 2),
+        "scenestore_s": round(s["ingest_s"], 2),
+        "ingest_vs_baseline": round(b["ingest_s"] / s["ingest_s"], 2),
+        "ingest_vs_limit": round(lim["ingest_s"] / s["ingest_s"], 2),
+        "peak_rss_mb": round(s["peak_rss_mb"]),
+        "baseline_peak_rss_mb": round(b["peak_rss_mb"]),
+        "limit_peak_rss_mb": round(lim["peak_rss_mb"]),
+        "then_13_after_4_s": round(incremental["then_13_s"], 2),
+        "at_once_13_s": round(incremental["at_once_13_s"], 2),
+        "incremental_rewrote_stored_chunks": incremental["rewrote_stored_chunks"],
+        "open_ms": round(opened["open_ms"], 1),
+        "open_is_lazy": opened["lazy"],
+        "eager_dtypes": opened["eager_dtypes"],
+        "check_ms_per_scene": round(cs["check_ms_per_scene"], 4),
+        "baseline_check_ms_per_scene": round(cb["check_ms_per_scene"], 3),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
