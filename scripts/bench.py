@@ -33,8 +33,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
-ALL_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12",
-             "SCL"]
+ALL_BANDS = [
+    "B01",
+    "B02",
+    "B03",
+    "B04",
+    "B05",
+    "B06",
+    "B07",
+    "B08",
+    "B8A",
+    "B09",
+    "B11",
+    "B12",
+    "SCL",
+]
 CHECK_SCENES = 500
 
 
@@ -91,7 +104,6 @@ def variant_baseline(items: list[dict], store: Path) -> dict:
     """The original algorithm: eager load of every band, one to_zarr per scene."""
     import odc.stac
     import pystac
-    import xarray as xr
     from zarr.codecs import BloscCodec
 
     from scenestore.profiles import PROFILES
@@ -100,13 +112,24 @@ def variant_baseline(items: list[dict], store: Path) -> dict:
     started = time.perf_counter()
     for doc in items:
         item = pystac.Item.from_dict(doc)
-        ds = odc.stac.load([item], bands=[keys[b] for b in ALL_BANDS], crs="utm", resolution=10,
-                           resampling="nearest")
+        ds = odc.stac.load(
+            [item],
+            bands=[keys[b] for b in ALL_BANDS],
+            crs="utm",
+            resolution=10,
+            resampling="nearest",
+        )
         ds = ds.rename({keys[b]: b for b in ALL_BANDS}).isel(time=0).drop_vars("time")
         ds["SCL"] = ds["SCL"].astype("uint8")
-        enc = {b: {"dtype": "uint16", "chunks": (4096, 4096), "_FillValue": 0,
-                   "compressors": BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")}
-               for b in ALL_BANDS}
+        enc = {
+            b: {
+                "dtype": "uint16",
+                "chunks": (4096, 4096),
+                "_FillValue": 0,
+                "compressors": BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
+            }
+            for b in ALL_BANDS
+        }
         enc["SCL"]["dtype"] = "uint8"
         ds.to_zarr(store / f"{item.id}.zarr", encoding=enc, consolidated=False, mode="w")
         del ds
@@ -134,8 +157,13 @@ def _limit_band(task: tuple[str, str, str, int]) -> int:
         data = np.repeat(np.repeat(data, factor, axis=0), factor, axis=1)
     chunk = choose_chunk(size)
     arr = zarr.create_array(
-        store=target, name=band, shape=data.shape, dtype=data.dtype, chunks=(chunk, chunk),
-        fill_value=0, compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
+        store=target,
+        name=band,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=(chunk, chunk),
+        fill_value=0,
+        compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
         overwrite=True,
     )
     arr[...] = data
@@ -168,11 +196,13 @@ def variant_scenestore(items: list[dict], store: Path) -> dict:
     import pystac
 
     from scenestore import StacStoreManager
+    from scenestore.ingest import ingest_items
 
     manager = StacStoreManager(ALL_BANDS, store)
     started = time.perf_counter()
-    for doc in items:
-        manager.download_and_store(pystac.Item.from_dict(doc))
+    results = ingest_items(manager, [pystac.Item.from_dict(doc) for doc in items])
+    if any(r.error for r in results):
+        raise SystemExit(f"scenestore ingest failed: {[r.error for r in results if r.error]}")
     return {"ingest_s": time.perf_counter() - started}
 
 
@@ -198,8 +228,12 @@ def variant_incremental(items: list[dict], store: Path) -> dict:
     started = time.perf_counter()
     StacStoreManager(ALL_BANDS, store / "at-once").download_and_store(item)
     at_once = time.perf_counter() - started
-    return {"four_s": first, "then_13_s": second, "at_once_13_s": at_once,
-            "rewrote_stored_chunks": before != after}
+    return {
+        "four_s": first,
+        "then_13_s": second,
+        "at_once_13_s": at_once,
+        "rewrote_stored_chunks": before != after,
+    }
 
 
 def variant_open(items: list[dict], store: Path) -> dict:
@@ -220,8 +254,13 @@ def variant_open(items: list[dict], store: Path) -> dict:
     eager = manager.open(ident, eager=True)
     load_s = time.perf_counter() - started
     dtypes = sorted({str(eager[b].dtype) for b in ALL_BANDS})
-    return {"open_ms": open_ms, "lazy": is_lazy, "eager_load_s": load_s, "eager_dtypes": dtypes,
-            "eager_gb": sum(eager[b].nbytes for b in ALL_BANDS) / 1e9}
+    return {
+        "open_ms": open_ms,
+        "lazy": is_lazy,
+        "eager_load_s": load_s,
+        "eager_dtypes": dtypes,
+        "eager_gb": sum(eager[b].nbytes for b in ALL_BANDS) / 1e9,
+    }
 
 
 def variant_check(items: list[dict], store: Path, how: str) -> dict:
@@ -296,8 +335,10 @@ def main() -> None:
     n = args.scenes or (1 if args.full else 4)
     world_dir = BENCH_DIR / f"world-{size}-{n}"
     print(f"Offline world: {n} {size} scene(s) in {world_dir} (generated once, then cached)")
-    with OfflineWorld(world_dir, scenes=n, size=size, seed=7) as world, \
-            tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix="run-") as tmp:
+    with (
+        OfflineWorld(world_dir, scenes=n, size=size, seed=7) as world,
+        tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix="run-") as tmp,
+    ):
         items = [item.to_dict(transform_hrefs=False) for item in world.items]
         items_file = Path(tmp) / "items.json"
         items_file.write_text(json.dumps(items))
@@ -321,20 +362,31 @@ def main() -> None:
 
     print(f"{'variant':<12}{'ingest s':>10}{'wall s':>9}{'MB/s':>9}{'peak RSS MB':>13}")
     for name, r in results.items():
-        print(f"{name:<12}{r['ingest_s']:>10.2f}{r['wall_s']:>9.2f}{r['mb_s']:>9.1f}"
-              f"{r['peak_rss_mb']:>13.0f}")
+        print(
+            f"{name:<12}{r['ingest_s']:>10.2f}{r['wall_s']:>9.2f}{r['mb_s']:>9.1f}"
+            f"{r['peak_rss_mb']:>13.0f}"
+        )
     s, b, lim = results["scenestore"], results["baseline"], results["limit"]
-    print(f"\nscenestore / baseline throughput: {b['ingest_s'] / s['ingest_s']:.2f}x"
-          f"   scenestore / limit: {lim['ingest_s'] / s['ingest_s']:.2f}x")
-    print(f"one scene: 4 bands {incremental['four_s']:.2f} s, then asking for 13 "
-          f"{incremental['then_13_s']:.2f} s, vs 13 at once {incremental['at_once_13_s']:.2f} s; "
-          f"stored chunks rewritten: {incremental['rewrote_stored_chunks']}")
-    print(f"cached open: {opened['open_ms']:.1f} ms, lazy={opened['lazy']}; eager load "
-          f"{opened['eager_load_s']:.2f} s, {opened['eager_gb']:.2f} GB, dtypes {opened['eager_dtypes']}")
+    print(
+        f"\nscenestore / baseline throughput: {b['ingest_s'] / s['ingest_s']:.2f}x"
+        f"   scenestore / limit: {lim['ingest_s'] / s['ingest_s']:.2f}x"
+    )
+    print(
+        f"one scene: 4 bands {incremental['four_s']:.2f} s, then asking for 13 "
+        f"{incremental['then_13_s']:.2f} s, vs 13 at once {incremental['at_once_13_s']:.2f} s; "
+        f"stored chunks rewritten: {incremental['rewrote_stored_chunks']}"
+    )
+    print(
+        f"cached open: {opened['open_ms']:.1f} ms, lazy={opened['lazy']}; eager load "
+        f"{opened['eager_load_s']:.2f} s, {opened['eager_gb']:.2f} GB, "
+        f"dtypes {opened['eager_dtypes']}"
+    )
     cb, cs = checks["baseline"], checks["scenestore"]
-    print(f"missing-band check over {cs['scenes']} scenes: baseline {cb['check_ms_per_scene']:.2f} ms"
-          f"/scene, scenestore {cs['check_ms_per_scene']:.3f} ms/scene "
-          f"({cb['check_ms_per_scene'] / cs['check_ms_per_scene']:.0f}x cheaper)")
+    print(
+        f"missing-band check over {cs['scenes']} scenes: baseline {cb['check_ms_per_scene']:.2f} ms"
+        f"/scene, scenestore {cs['check_ms_per_scene']:.3f} ms/scene "
+        f"({cb['check_ms_per_scene'] / cs['check_ms_per_scene']:.0f}x cheaper)"
+    )
     summary = {
         "size": size,
         "scenes": n,

@@ -27,8 +27,20 @@ def main() -> int:
         print(f"Ingesting AOI {bbox}, 2024-06-01..2024-07-31, all 13 bands into {STORE}\n")
         cli = [sys.executable, "-m", "scenestore.cli"]
         ingest = subprocess.run(
-            [*cli, "ingest", "--store", str(STORE), "--stac-url", world.stac_url, "--bbox", bbox,
-             "--start", "2024-06-01", "--end", "2024-07-31"],
+            [
+                *cli,
+                "ingest",
+                "--store",
+                str(STORE),
+                "--stac-url",
+                world.stac_url,
+                "--bbox",
+                bbox,
+                "--start",
+                "2024-06-01",
+                "--end",
+                "2024-07-31",
+            ],
             check=False,
         )
         if ingest.returncode != 0:

@@ -67,14 +67,24 @@ class ArrayStoreManager(StoreManager[str]):
             return ((yy * 7 + xx * 3 + _band_seed(band)) % 4000 + 1).astype("uint16")
 
         data = {
-            b: (("y", "x"), da.map_blocks(block, b, chunks=((c,) * (n // c), (c,) * (n // c)),
-                                          dtype="uint16", meta=np.array((), "uint16")))
+            b: (
+                ("y", "x"),
+                da.map_blocks(
+                    block,
+                    b,
+                    chunks=((c,) * (n // c), (c,) * (n // c)),
+                    dtype="uint16",
+                    meta=np.array((), "uint16"),
+                ),
+            )
             for b in bands
         }
         coords = {
             "x": self.x0 + 5 + 10 * np.arange(n, dtype="float64"),
             "y": 7000000 - 5 - 10 * np.arange(n, dtype="float64"),
-            "spatial_ref": xr.DataArray(0, attrs={"crs_wkt": _UTM33N_WKT, "spatial_ref": _UTM33N_WKT}),
+            "spatial_ref": xr.DataArray(
+                0, attrs={"crs_wkt": _UTM33N_WKT, "spatial_ref": _UTM33N_WKT}
+            ),
         }
         return xr.Dataset(data, coords=coords, attrs={"scene": item})
 
@@ -98,6 +108,11 @@ if __name__ == "__main__":
     # Writer process for the kill test: python tests/synthetic.py STORE ID BANDS DELAY
     import sys
 
-    store, ident, bands, delay = sys.argv[1], sys.argv[2], sys.argv[3].split(","), float(sys.argv[4])
+    store, ident, bands, delay = (
+        sys.argv[1],
+        sys.argv[2],
+        sys.argv[3].split(","),
+        float(sys.argv[4]),
+    )
     mgr = ArrayStoreManager(bands, Path(store), size=120, chunk=20, delay=delay)
     mgr.download_and_store(ident)

@@ -9,8 +9,13 @@ import pytest
 
 
 def run(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "scenestore.cli", *args], capture_output=True,
-                          text=True, timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "scenestore.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -28,11 +33,29 @@ def test_search_prints_a_table(world):
 
 def test_ingest_twice_then_ls_and_info(world, tmp_path):
     store = tmp_path / "store"
-    first = run("ingest", "--store", str(store), "--stac-url", world.stac_url, *aoi_args(world),
-                "--bands", "B02,B03,B04", check=True)
+    first = run(
+        "ingest",
+        "--store",
+        str(store),
+        "--stac-url",
+        world.stac_url,
+        *aoi_args(world),
+        "--bands",
+        "B02,B03,B04",
+        check=True,
+    )
     assert "ingest summary" in first.stdout and "fetched" in first.stdout
-    second = run("ingest", "--store", str(store), "--stac-url", world.stac_url, *aoi_args(world),
-                 "--bands", "B02,B03,B04", check=True)
+    second = run(
+        "ingest",
+        "--store",
+        str(store),
+        "--stac-url",
+        world.stac_url,
+        *aoi_args(world),
+        "--bands",
+        "B02,B03,B04",
+        check=True,
+    )
     assert "Nothing to download" in second.stdout and "0 bands" in second.stdout
     ls = run("ls", "--store", str(store), check=True).stdout
     ident = f"es-l2a_{world.items[0].id}"
@@ -42,21 +65,89 @@ def test_ingest_twice_then_ls_and_info(world, tmp_path):
 
 
 BAD = [
-    (["ingest", "--store", "{store}", "--bbox", "0,0,1,1", "--start", "2024-01-01", "--end",
-      "2024-02-01", "--bands", "B13"], "Unknown band 'B13'"),
-    (["ingest", "--store", "{store}", "--bbox", "0,0,1,1", "--start", "2024-01-01", "--end",
-      "2024-02-01", "--bands", ","], "Empty band list"),
+    (
+        [
+            "ingest",
+            "--store",
+            "{store}",
+            "--bbox",
+            "0,0,1,1",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-02-01",
+            "--bands",
+            "B13",
+        ],
+        "Unknown band 'B13'",
+    ),
+    (
+        [
+            "ingest",
+            "--store",
+            "{store}",
+            "--bbox",
+            "0,0,1,1",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-02-01",
+            "--bands",
+            ",",
+        ],
+        "Empty band list",
+    ),
     (["search", "--bbox", "3,0,1,1", "--start", "2024-01-01", "--end", "2024-02-01"], "bbox"),
-    (["search", "--bbox", "0,0,1,1", "--start", "2024-02-01", "--end", "2024-01-01"],
-     "before start date"),
-    (["search", "--bbox", "0,0,1,1", "--start", "2024-01-01", "--end", "2024-02-01",
-      "--max-cloud", "150"], "outside 0-100"),
-    (["search", "--bbox", "0,0,1,1", "--start", "2024-01-01", "--end", "2024-02-01",
-      "--profile", "nope"], "Unknown provider profile 'nope'"),
-    (["search", "--aoi", "/no/such.geojson", "--start", "2024-01-01", "--end", "2024-02-01"],
-     "Cannot read AOI file"),
-    (["search", "--bbox", "0,0,1,1", "--start", "2024-01-01", "--end", "2024-02-01",
-      "--stac-url", "http://127.0.0.1:9/"], "Cannot reach the STAC API"),
+    (
+        ["search", "--bbox", "0,0,1,1", "--start", "2024-02-01", "--end", "2024-01-01"],
+        "before start date",
+    ),
+    (
+        [
+            "search",
+            "--bbox",
+            "0,0,1,1",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-02-01",
+            "--max-cloud",
+            "150",
+        ],
+        "outside 0-100",
+    ),
+    (
+        [
+            "search",
+            "--bbox",
+            "0,0,1,1",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-02-01",
+            "--profile",
+            "nope",
+        ],
+        "Unknown provider profile 'nope'",
+    ),
+    (
+        ["search", "--aoi", "/no/such.geojson", "--start", "2024-01-01", "--end", "2024-02-01"],
+        "Cannot read AOI file",
+    ),
+    (
+        [
+            "search",
+            "--bbox",
+            "0,0,1,1",
+            "--start",
+            "2024-01-01",
+            "--end",
+            "2024-02-01",
+            "--stac-url",
+            "http://127.0.0.1:9/",
+        ],
+        "Cannot reach the STAC API",
+    ),
     (["info", "--store", "{store}", "../x"], "Scene identifier '../x' is not safe"),
     (["ls", "--store", "{store}/missing"], "does not exist"),
 ]

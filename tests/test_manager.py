@@ -23,7 +23,6 @@ from scenestore import (
     StoreRequiredError,
 )
 from scenestore.commit import committed_bands
-
 from synthetic import ArrayStoreManager, expected_band
 
 BANDS = ["B02", "B03", "B04"]
@@ -149,16 +148,27 @@ def test_validation_survives_python_O(tmp_path):
         f"try:\n ArrayStoreManager(['B02'], {str(tmp_path)!r}).download_and_store('../x')\n"
         "except InvalidIdentifierError: print('id-ok')\n"
     )
-    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).parent.parent, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-O", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        check=True,
+    ).stdout
     assert out.split() == ["store-ok", "id-ok"]
 
 
 def test_killed_writer_leaves_band_missing_and_rerun_completes(tmp_path):
     """SIGKILL a real writer process mid-band: the band must not look present."""
     writer = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "synthetic.py"), str(tmp_path), "k1",
-         "B02,B03", "0.05"],
+        [
+            sys.executable,
+            str(Path(__file__).parent / "synthetic.py"),
+            str(tmp_path),
+            "k1",
+            "B02,B03",
+            "0.05",
+        ],
     )
     staged = tmp_path / "k1.zarr" / "_staging"
     deadline = time.monotonic() + 60

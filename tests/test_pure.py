@@ -35,12 +35,18 @@ def test_any_accepted_identifier_stays_inside_the_store(text, tmp_path_factory):
     assert all(ch in SAFE for ch in text) and text[0].isalnum()
 
 
-@given(st.text(alphabet=SAFE, min_size=1, max_size=200).filter(lambda s: s[0].isalnum() and ".." not in s))
+@given(
+    st.text(alphabet=SAFE, min_size=1, max_size=200).filter(
+        lambda s: s[0].isalnum() and ".." not in s
+    )
+)
 def test_safe_identifiers_are_accepted(text):
     assert validate_identifier(text) == text
 
 
-@pytest.mark.parametrize("bad", ["", "../x", "a/b", "a\\b", "..", ".", ".x", "a\nb", "a b", "x" * 201, None])
+@pytest.mark.parametrize(
+    "bad", ["", "../x", "a/b", "a\\b", "..", ".", ".x", "a\nb", "a b", "x" * 201, None]
+)
 def test_bad_identifiers_name_the_value(bad):
     with pytest.raises(InvalidIdentifierError, match="Scene identifier"):
         validate_identifier(bad)
@@ -53,8 +59,15 @@ def test_band_normalisation_is_canonical_ordered_and_unique(bands):
     assert normalize_bands(",".join(bands)) == out
 
 
-@pytest.mark.parametrize("bad, match", [([], "Empty band list"), (["B13"], "Unknown band 'B13'"),
-                                        ("B02,,B99", "Unknown band 'B99'"), (" , ", "Empty band list")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([], "Empty band list"),
+        (["B13"], "Unknown band 'B13'"),
+        ("B02,,B99", "Unknown band 'B99'"),
+        (" , ", "Empty band list"),
+    ],
+)
 def test_bad_bands_are_rejected(bad, match):
     with pytest.raises(InvalidRequestError, match=match):
         normalize_bands(bad)
@@ -72,7 +85,9 @@ def test_full_tile_chunks():
     assert choose_chunk(10980) == 1830 and choose_chunk(5490) == 1830 and choose_chunk(120) == 120
 
 
-@pytest.mark.parametrize("bbox", ["1,2,3", "a,b,c,d", "3,0,1,1", "0,3,1,1", "0,0,200,1", "0,-91,1,1"])
+@pytest.mark.parametrize(
+    "bbox", ["1,2,3", "a,b,c,d", "3,0,1,1", "0,3,1,1", "0,0,200,1", "0,-91,1,1"]
+)
 def test_bad_bboxes_are_rejected(bbox):
     with pytest.raises(InvalidRequestError, match="bbox"):
         parse_bbox(bbox)
@@ -110,17 +125,30 @@ def test_bad_geojson_is_rejected(aoi, match):
 
 
 def test_query_validation():
-    q = build_query(start="2024-06-01", end="2024-06-30", bbox="10,50,11,51", max_cloud=20,
-                    tiles="t33uup, 33UVP")
-    assert q.start == date(2024, 6, 1) and q.tiles == ("33UUP", "33UVP") and q.bbox == (10, 50, 11, 51)
+    q = build_query(
+        start="2024-06-01",
+        end="2024-06-30",
+        bbox="10,50,11,51",
+        max_cloud=20,
+        tiles="t33uup, 33UVP",
+    )
+    assert (
+        q.start == date(2024, 6, 1) and q.tiles == ("33UUP", "33UVP") and q.bbox == (10, 50, 11, 51)
+    )
     assert q.datetime_range == "2024-06-01T00:00:00Z/2024-06-30T23:59:59.999Z"
     cases = [
         (dict(start="2024-06-30", end="2024-06-01", bbox="0,0,1,1"), "before start date"),
-        (dict(start="2024-06-01", end="2024-06-30", bbox="0,0,1,1", max_cloud=101), "outside 0-100"),
+        (
+            dict(start="2024-06-01", end="2024-06-30", bbox="0,0,1,1", max_cloud=101),
+            "outside 0-100",
+        ),
         (dict(start="2024-06-01", end="2024-06-30", bbox="0,0,1,1", max_cloud=-1), "outside 0-100"),
         (dict(start="June", end="2024-06-30", bbox="0,0,1,1"), "Invalid start date 'June'"),
         (dict(start="2024-06-01", end="2024-06-30"), "exactly one area"),
-        (dict(start="2024-06-01", end="2024-06-30", bbox="0,0,1,1", tiles="XYZ"), "Invalid MGRS tile 'XYZ'"),
+        (
+            dict(start="2024-06-01", end="2024-06-30", bbox="0,0,1,1", tiles="XYZ"),
+            "Invalid MGRS tile 'XYZ'",
+        ),
     ]
     for kwargs, match in cases:
         with pytest.raises(InvalidRequestError, match=match):
@@ -139,3 +167,27 @@ def test_profile_lookup_and_crs_discovery():
     assert tile_of({"id": "x", "properties": {"s2:mgrs_tile": "13TDE"}}) == "13TDE"
     with pytest.raises(Exception, match="expected a WGS 84 UTM zone"):
         require_utm("item", 4326)
+
+
+def test_native_grids_that_nest_are_read_natively_and_others_warped():
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from scenestore.grid import WARP, coarsen, nest_factor, plan_reads
+
+    tile = GeoBox((10980, 10980), Affine(10, 0, 199980, 0, -10, 2100000), "EPSG:32639")
+    def asset(res, n, x0=199980):
+        return {
+            "proj:shape": [n, n],
+            "proj:transform": [res, 0, x0, 0, -res, 2100000],
+        }
+    assert nest_factor(asset(10, 10980), tile, 1830) == WARP  # native 10 m: read directly
+    assert nest_factor(asset(20, 5490), tile, 1830) == 2
+    assert nest_factor(asset(60, 1830), tile, 1830) == 6
+    assert nest_factor(asset(20, 5490, x0=199990), tile, 1830) == WARP  # shifted origin
+    assert nest_factor(asset(60, 1830), tile, 1000) == WARP  # chunk not a multiple of 6
+    assert nest_factor({}, tile, 1830) == WARP  # no grid fields
+    item = {"assets": {"red": asset(10, 10980), "scl": asset(20, 5490), "coastal": asset(60, 1830)}}
+    plan = plan_reads(item, {"B04": "red", "SCL": "scl", "B01": "coastal"}, tile, 1830)
+    assert plan == {1: {"B04": "red"}, 2: {"SCL": "scl"}, 6: {"B01": "coastal"}}
+    assert coarsen(tile, 6).shape == (1830, 1830) and coarsen(tile, 6).affine.a == 60

@@ -63,7 +63,9 @@ def test_bands_are_fetched_incrementally_and_counted_at_the_server(world, http, 
     assert set(band_gets(http)) == set(four)
     http.reset_stats()
     manager = StacStoreManager(list(ALL_BANDS), tmp_path, stac_url=world.stac_url)
-    assert manager.missing_bands(manager.identifier(item)) == [b for b in ALL_BANDS if b not in four]
+    assert manager.missing_bands(manager.identifier(item)) == [
+        b for b in ALL_BANDS if b not in four
+    ]
     ds = manager.load(item)
     fetched = band_gets(http)
     assert set(fetched) == set(ALL_BANDS) - set(four), "only the 9 missing bands are fetched"
@@ -82,20 +84,27 @@ def test_stored_scene_matches_the_item_grid_and_the_cog_pixels(world, tmp_path):
     height, width = red.extra_fields["proj:shape"]
     a = red.extra_fields["proj:transform"]
     assert ds.sizes == {"y": height, "x": width}
-    assert float(ds.x[0]) == a[2] + 5 and float(ds.y[0]) == a[5] - 5, "pixel centres on the 10 m grid"
+    assert float(ds.x[0]) == a[2] + 5 and float(ds.y[0]) == a[5] - 5, (
+        "pixel centres on the 10 m grid"
+    )
     assert ds.spatial_ref.attrs["crs_wkt"] and "spatial_ref" in ds.coords
     assert f"EPSG:{ds.odc.crs.epsg}" == item.properties["proj:code"]  # pystac moves proj:epsg here
     assert ds["B04"].dtype == np.uint16 and ds["SCL"].dtype == np.uint8
     with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(red.href) as src:
         np.testing.assert_array_equal(ds["B04"].values, src.read(1))
-    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), rasterio.open(
-        item.assets["swir16"].href
-    ) as src:  # 20 m: nearest onto 10 m
-        np.testing.assert_array_equal(ds["B11"].values, np.repeat(np.repeat(src.read(1), 2, 0), 2, 1))
+    with (
+        rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"),
+        rasterio.open(item.assets["swir16"].href) as src,
+    ):  # 20 m: nearest onto 10 m
+        np.testing.assert_array_equal(
+            ds["B11"].values, np.repeat(np.repeat(src.read(1), 2, 0), 2, 1)
+        )
     assert ds.attrs["eo:cloud_cover"] == item.properties["eo:cloud_cover"]
     assert ds.attrs["stac_id"] == item.id
     json.dumps(ds.attrs)  # JSON-safe
-    meta = json.loads((tmp_path / f"{manager.identifier(item)}.zarr" / "B04" / "zarr.json").read_text())
+    meta = json.loads(
+        (tmp_path / f"{manager.identifier(item)}.zarr" / "B04" / "zarr.json").read_text()
+    )
     blosc = [c for c in meta["codecs"] if c["name"] == "blosc"][0]
     assert blosc["configuration"]["cname"] == "zstd" and meta["fill_value"] == 0
 
@@ -163,6 +172,35 @@ def test_item_in_a_non_utm_crs_is_rejected(world, tmp_path):
 def test_every_resolution_lands_on_the_10m_grid(world, tmp_path, band):
     item = world.items[0]
     ds = StacStoreManager([band], tmp_path, stac_url=world.stac_url).load(item)
-    assert ds.sizes == dict(zip(("y", "x"), item.assets["red"].extra_fields["proj:shape"], strict=True))
+    assert ds.sizes == dict(
+        zip(("y", "x"), item.assets["red"].extra_fields["proj:shape"], strict=True)
+    )
     assert ds[band].dtype == np.dtype(BAND_SPECS[band].dtype)
     assert int(ds[band].max()) > 0
+
+
+def test_native_repeat_and_gdal_warp_give_the_same_pixels(world, tmp_path):
+    """60 m bands nest in the 10 m grid and are repeated; with a chunk edge that 6 does not
+    divide they are warped by GDAL instead. Both must be exactly nearest resampling."""
+    item = world.items[0]
+    nested = StacStoreManager(["B01", "B05"], tmp_path / "a", stac_url=world.stac_url).load(item)
+    warped = StacStoreManager(
+        ["B01", "B05"], tmp_path / "b", stac_url=world.stac_url, chunk_size=50
+    ).load(item)
+    assert warped["B01"].encoding["chunks"] == (50, 50)
+    xr.testing.assert_identical(nested.load(), warped.load())
+
+
+def test_parallel_ingest_of_several_scenes_keeps_order_and_isolates_failures(world, tmp_path):
+    from scenestore.ingest import ingest_items
+
+    broken = world.items[1].clone()
+    del broken.assets["red"]
+    items = [world.items[0], broken, world.items[2], world.items[3]]
+    results = ingest_items(
+        StacStoreManager(["B04"], tmp_path, stac_url=world.stac_url), items, max_workers=2
+    )
+    assert [r.identifier for r in results] == [f"es-l2a_{i.id}" for i in items]
+    assert [bool(r.error) for r in results] == [False, True, False, False]
+    assert "has no asset 'red' for band B04" in results[1].error
+    assert all(r.fetched == ("B04",) for r in results if not r.error)

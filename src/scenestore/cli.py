@@ -140,6 +140,7 @@ def ingest(
     bands: Annotated[str, typer.Option("--bands", help="Comma-separated band names.")] = ",".join(
         ALL_BANDS
     ),
+    parallel: Annotated[int, typer.Option("--parallel", help="Scenes in flight at once.")] = 2,
 ) -> None:
     """Search, then download the missing bands of every scene found into the store."""
     from scenestore.ingest import ingest_items
@@ -147,6 +148,8 @@ def ingest(
     from scenestore.stac import StacStoreManager
 
     band_list = normalize_bands(bands)
+    if parallel < 1:
+        raise InvalidRequestError(f"--parallel {parallel} is below 1; expected a positive number.")
     query = _query(bbox, aoi, start, end, max_cloud, tiles)
     manager = StacStoreManager(band_list, store, profile=profile, stac_url=stac_url)
     manager.check_writable()
@@ -165,6 +168,7 @@ def ingest(
         results = ingest_items(
             manager,
             items,
+            max_workers=parallel,
             on_result=lambda r: progress.update(task, advance=1, description=r.identifier),
         )
     elapsed = time.perf_counter() - started

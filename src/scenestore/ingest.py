@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from scenestore.errors import ScenestoreError
+from scenestore.errors import InvalidRequestError, ScenestoreError
 from scenestore.manager import IngestResult, StoreManager
 from scenestore.redact import redact
 
@@ -14,38 +15,56 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Scenes in flight at once by default: while one scene's pixels are decoded and compressed,
+#: the next one's metadata, requests and zarr set-up overlap with it.
+DEFAULT_SCENES_IN_FLIGHT = 2
+
 
 def ingest_items(
     manager: StoreManager[T],
     items: Iterable[T],
     *,
+    max_workers: int = DEFAULT_SCENES_IN_FLIGHT,
     on_result: Callable[[IngestResult], None] | None = None,
 ) -> list[IngestResult]:
-    """Download and store the missing bands of each scene, in order.
+    """Download and store the missing bands of each scene, several scenes at a time.
 
     A scene whose download fails with a :class:`~scenestore.errors.ScenestoreError` is recorded
-    with its error and the next scene goes on; other exceptions (bugs) propagate.
+    with its error and the others go on; other exceptions (bugs) propagate.
 
     Args:
         manager: The store manager (must have a store).
         items: Scenes as items or ids.
-        on_result: Called after each scene, e.g. to advance a progress bar.
+        max_workers: Scenes in flight at once (>= 1).
+        on_result: Called after each scene as it finishes, e.g. to advance a progress bar.
 
     Returns:
         One result per scene, in input order.
+
+    Raises:
+        InvalidRequestError: If ``max_workers`` is below 1.
     """
-    results = []
-    for item in items:
+    if max_workers < 1:
+        raise InvalidRequestError(
+            f"Scenes in flight {max_workers!r} is below 1; expected a positive number."
+        )
+    items = list(items)
+
+    def one(item: T) -> IngestResult:
         try:
             result = manager.ingest(item)
         except ScenestoreError as err:
             identifier = _safe_identifier(manager, item)
             logger.warning("Scene %s failed: %s", identifier, redact(str(err)))
             result = IngestResult(identifier, error=redact(str(err)))
-        results.append(result)
         if on_result is not None:
             on_result(result)
-    return results
+        return result
+
+    if max_workers == 1 or len(items) <= 1:
+        return [one(item) for item in items]
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="scene") as pool:
+        return list(pool.map(one, items))
 
 
 def _safe_identifier(manager: StoreManager[T], item: T) -> str:
