@@ -270,6 +270,38 @@ def info(
 
 @app.command()
 @user_errors
+def verify(
+    store: StoreOpt,
+    identifiers: Annotated[
+        list[str] | None, typer.Argument(help="Scenes to check (default: all).")
+    ] = None,
+    repair_: Annotated[
+        bool, typer.Option("--repair", help="Drop damaged bands so the next ingest re-fetches.")
+    ] = False,
+) -> None:
+    """Check every committed band against its commit record (shape, chunks, checksum)."""
+    from scenestore.verify import repair, verify_store
+
+    checked, damage = verify_store(store, identifiers or None)
+    if not damage:
+        console.print(f"{checked} committed bands checked: all match their commit records.")
+        return
+    table = Table(title=f"{len(damage)} damaged of {checked} committed bands")
+    for col in ("scene", "band", "problem"):
+        table.add_column(col)
+    for d in damage:
+        table.add_row(d.identifier, d.band, d.problem)
+    console.print(table)
+    if repair_:
+        repair(store, damage)
+        console.print(f"Dropped {len(damage)} damaged bands; the next ingest fetches them again.")
+        return
+    console.print("Run again with --repair to drop them so the next ingest re-fetches them.")
+    raise typer.Exit(EXIT_SCENE_FAILED)
+
+
+@app.command()
+@user_errors
 def world(
     directory: Annotated[Path, typer.Option("--dir", help="Where the world's files live.")] = Path(
         ".world"

@@ -33,6 +33,9 @@ class CommitRecord:
         dtype: Stored dtype name.
         written_at: ISO 8601 UTC time the band was committed.
         source: Where the band came from (an href with any query string removed), if known.
+        chunk_count: Chunk files written (zarr writes none for all-fill chunks).
+        nbytes: Bytes of those chunk files.
+        checksum: ``blake2b:<hex>`` over the chunk files' names and bytes, in name order.
     """
 
     band: str
@@ -41,6 +44,9 @@ class CommitRecord:
     dtype: str
     written_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     source: str | None = None
+    chunk_count: int | None = None
+    nbytes: int | None = None
+    checksum: str | None = None
 
 
 def ensure_commits_group(scene: Path) -> Path:

@@ -7,7 +7,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from scenestore.errors import InvalidRequestError, ScenestoreError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from scenestore.errors import InvalidRequestError, ScenestoreError, TransientSourceError
 from scenestore.manager import IngestResult, StoreManager
 from scenestore.redact import redact
 
@@ -18,6 +26,8 @@ T = TypeVar("T")
 #: Scenes in flight at once by default: while one scene's pixels are decoded and compressed,
 #: the next one's metadata, requests and zarr set-up overlap with it.
 DEFAULT_SCENES_IN_FLIGHT = 2
+#: Further attempts of a scene after a transient source failure.
+DEFAULT_RETRIES = 4
 
 
 def ingest_items(
@@ -25,17 +35,24 @@ def ingest_items(
     items: Iterable[T],
     *,
     max_workers: int = DEFAULT_SCENES_IN_FLIGHT,
+    retries: int = DEFAULT_RETRIES,
+    backoff_s: float = 1.0,
     on_result: Callable[[IngestResult], None] | None = None,
 ) -> list[IngestResult]:
     """Download and store the missing bands of each scene, several scenes at a time.
 
-    A scene whose download fails with a :class:`~scenestore.errors.ScenestoreError` is recorded
-    with its error and the others go on; other exceptions (bugs) propagate.
+    A transient failure (:class:`~scenestore.errors.TransientSourceError`: HTTP 5xx/429, a
+    reset connection, a truncated body) is retried with exponential backoff and jitter; a
+    retry is safe because nothing is committed until a band is whole. A scene that still fails,
+    or fails for another :class:`~scenestore.errors.ScenestoreError`, is recorded with its
+    error and the others go on; other exceptions (bugs) propagate.
 
     Args:
         manager: The store manager (must have a store).
         items: Scenes as items or ids.
         max_workers: Scenes in flight at once (>= 1).
+        retries: Further attempts of a scene after a transient failure.
+        backoff_s: First retry delay in seconds; doubles on each retry, plus jitter.
         on_result: Called after each scene as it finishes, e.g. to advance a progress bar.
 
     Returns:
@@ -50,9 +67,17 @@ def ingest_items(
         )
     items = list(items)
 
+    retrying = Retrying(
+        retry=retry_if_exception_type(TransientSourceError),
+        stop=stop_after_attempt(retries + 1),
+        wait=wait_exponential_jitter(multiplier=backoff_s, max=30 * backoff_s),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+
     def one(item: T) -> IngestResult:
         try:
-            result = manager.ingest(item)
+            result = retrying.copy()(manager.ingest, item)
         except ScenestoreError as err:
             identifier = _safe_identifier(manager, item)
             logger.warning("Scene %s failed: %s", identifier, redact(str(err)))
@@ -65,6 +90,13 @@ def ingest_items(
         return [one(item) for item in items]
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="scene") as pool:
         return list(pool.map(one, items))
+
+
+def _log_retry(state: RetryCallState) -> None:
+    err = state.outcome.exception() if state.outcome else None
+    logger.warning(
+        "Transient failure (attempt %d), retrying: %s", state.attempt_number, redact(str(err))
+    )
 
 
 def _safe_identifier(manager: StoreManager[T], item: T) -> str:

@@ -32,14 +32,15 @@ from scenestore.errors import InvalidRequestError, ScenestoreError, StoreError, 
 from scenestore.layout import LOCKS_DIR, lock_path, scene_path
 from scenestore.storage import (
     align_chunks,
-    array_bytes,
     band_names,
     check_grid,
     clear_staging,
     create_scene,
+    fingerprint,
     fit_encodings,
     open_scene,
     promote_staged,
+    staged_array,
     write_bands,
 )
 
@@ -260,6 +261,8 @@ class StoreManager(ABC, Generic[SceneItem]):
             raise self.translate_error(err, identifier) from err
         written = 0
         for band in bands:
+            # Fingerprint the staged copy: promotion is a rename, the bytes do not change.
+            print_ = fingerprint(staged_array(scene, band))
             drop_commit(scene, band)
             promote_staged(scene, band)
             enc = encodings[band]
@@ -272,9 +275,12 @@ class StoreManager(ABC, Generic[SceneItem]):
                     chunks=tuple(int(c) for c in enc.get("chunks", shape)),
                     dtype=str(enc.get("dtype", dataset[band].dtype)),
                     source=dataset[band].attrs.get("source"),
+                    chunk_count=print_.chunk_count,
+                    nbytes=print_.nbytes,
+                    checksum=print_.checksum,
                 ),
             )
-            written += array_bytes(scene, band)
+            written += print_.nbytes
         clear_staging(scene)
         logger.info("Stored %s bands %s (%d bytes)", identifier, bands, written)
         return written

@@ -6,8 +6,10 @@ which bands are wanted; the commit protocol (:mod:`scenestore.commit`) decides p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,40 @@ def array_bytes(scene: Path, band: str) -> int:
     """Return the bytes a stored band array occupies on disk."""
     root = scene / band
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a band array's chunk files add up to (see :func:`fingerprint`)."""
+
+    chunk_count: int
+    nbytes: int
+    checksum: str
+
+
+def fingerprint(array_dir: Path) -> Fingerprint:
+    """Count, measure and hash the chunk files of one zarr array directory.
+
+    The hash (BLAKE2b) covers each chunk file's path relative to the array and its bytes, in
+    path order, so a missing, extra, truncated or altered chunk changes it.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    count = nbytes = 0
+    chunk_root = array_dir / "c"
+    files = sorted(p for p in chunk_root.rglob("*") if p.is_file()) if chunk_root.is_dir() else []
+    for path in files:
+        data = path.read_bytes()
+        digest.update(str(path.relative_to(array_dir)).encode() + b"\0")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+        count += 1
+        nbytes += len(data)
+    return Fingerprint(count, nbytes, f"blake2b:{digest.hexdigest()}")
+
+
+def staged_array(scene: Path, band: str) -> Path:
+    """The staging directory of a band being written."""
+    return scene / STAGING_DIR / band
 
 
 def remove_arrays(scene: Path, bands: list[str]) -> None:

@@ -1,0 +1,30 @@
+"""A real ingest process for the kill and concurrency tests.
+
+    python tests/writer.py STORE STAC_URL BANDS ITEM_ID [ITEM_ID ...]
+
+Prints one JSON line per scene as it finishes: {"identifier", "fetched", "error"}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from scenestore import StacStoreManager
+from scenestore.ingest import ingest_items
+
+
+def main() -> None:
+    store, stac_url, bands, *ids = sys.argv[1:]
+    manager = StacStoreManager(bands.split(","), store, stac_url=stac_url)
+    items = [manager.get_item(i) for i in ids]
+
+    def report(result) -> None:
+        print(json.dumps({"identifier": result.identifier, "fetched": list(result.fetched),
+                          "error": result.error}), flush=True)
+
+    ingest_items(manager, items, max_workers=2, retries=2, backoff_s=0.05, on_result=report)
+
+
+if __name__ == "__main__":
+    main()
