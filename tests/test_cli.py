@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "SECRET_CANARY": "never-printed"}
 
 
 def run(*args: str, check: bool = False) -> subprocess.CompletedProcess:
@@ -14,7 +21,7 @@ def run(*args: str, check: bool = False) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        env=ENV,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -64,103 +71,272 @@ def test_ingest_twice_then_ls_and_info(world, tmp_path):
     assert "120 x 120 px at 10 m" in info and "EPSG:" in info and "blosc" in info
 
 
-BAD = [
-    (
-        [
-            "ingest",
-            "--store",
-            "{store}",
-            "--bbox",
-            "0,0,1,1",
-            "--start",
-            "2024-01-01",
-            "--end",
-            "2024-02-01",
-            "--bands",
-            "B13",
-        ],
-        "Unknown band 'B13'",
-    ),
-    (
-        [
-            "ingest",
-            "--store",
-            "{store}",
-            "--bbox",
-            "0,0,1,1",
-            "--start",
-            "2024-01-01",
-            "--end",
-            "2024-02-01",
-            "--bands",
-            ",",
-        ],
-        "Empty band list",
-    ),
-    (["search", "--bbox", "3,0,1,1", "--start", "2024-01-01", "--end", "2024-02-01"], "bbox"),
-    (
-        ["search", "--bbox", "0,0,1,1", "--start", "2024-02-01", "--end", "2024-01-01"],
-        "before start date",
-    ),
-    (
-        [
-            "search",
-            "--bbox",
-            "0,0,1,1",
-            "--start",
-            "2024-01-01",
-            "--end",
-            "2024-02-01",
-            "--max-cloud",
-            "150",
-        ],
-        "outside 0-100",
-    ),
-    (
-        [
-            "search",
-            "--bbox",
-            "0,0,1,1",
-            "--start",
-            "2024-01-01",
-            "--end",
-            "2024-02-01",
-            "--profile",
-            "nope",
-        ],
-        "Unknown provider profile 'nope'",
-    ),
-    (
-        ["search", "--aoi", "/no/such.geojson", "--start", "2024-01-01", "--end", "2024-02-01"],
-        "Cannot read AOI file",
-    ),
-    (
-        [
-            "search",
-            "--bbox",
-            "0,0,1,1",
-            "--start",
-            "2024-01-01",
-            "--end",
-            "2024-02-01",
-            "--stac-url",
-            "http://127.0.0.1:9/",
-        ],
-        "Cannot reach the STAC API",
-    ),
-    (["info", "--store", "{store}", "../x"], "Scene identifier '../x' is not safe"),
-    (["ls", "--store", "{store}/missing"], "does not exist"),
-]
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path of the store but its lock files, with size and mtime."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if ".locks" not in p.relative_to(root).parts
+    }
 
 
-@pytest.mark.parametrize("args, message", BAD, ids=[m for _, m in BAD])
-def test_user_mistakes_give_one_line_and_exit_2(tmp_path, args, message):
+@pytest.fixture(scope="module")
+def stocked(world, tmp_path_factory):
+    """A store holding band B02 of the first scene, and files for the bad inputs."""
+    from scenestore import StacStoreManager
+
+    root = tmp_path_factory.mktemp("cases")
+    store = root / "store"
+    StacStoreManager(["B02"], store, stac_url=world.stac_url).download_and_store(world.items[0])
+    item = world.items[0].to_dict()
+    (root / "garbage.geojson").write_text("{not json")
+    (root / "empty.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    (root / "notitem.json").write_text('{"type": "FeatureCollection", "features": []}')
+    no_asset = json.loads(json.dumps(item))
+    del no_asset["assets"]["green"]
+    (root / "noasset.json").write_text(json.dumps(no_asset))
+    non_utm = json.loads(json.dumps(item))
+    non_utm["properties"].pop("proj:epsg", None)
+    non_utm["properties"]["proj:code"] = "EPSG:3413"
+    (root / "nonutm.json").write_text(json.dumps(non_utm))
+    shifted = json.loads(json.dumps(item))
+    for asset in shifted["assets"].values():
+        if "proj:transform" in asset:
+            asset["proj:transform"][2] += 60  # whole pixels at 10, 20 and 60 m
+    (root / "shifted.json").write_text(json.dumps(shifted))
+    (root / "afile").write_text("not a directory")
+    return root
+
+
+def bad_cases(world_url: str) -> list[tuple[str, list[str], str]]:
+    search = ["--bbox", "0,0,1,1", "--start", "2024-01-01", "--end", "2024-02-01"]
+    ingest = ["ingest", "--store", "{store}", "--stac-url", world_url]
+    scene = "es-l2a_{first}"
+    return [
+        ("unknown band", [*ingest, *search, "--bands", "B13"], "Unknown band 'B13'"),
+        ("empty band list", [*ingest, *search, "--bands", ","], "Empty band list"),
+        ("identifier ../x", ["info", "--store", "{store}", "../x"], "'../x' is not safe"),
+        ("identifier a/b", ["open", "--store", "{store}", "a/b"], "'a/b' is not safe"),
+        ("empty identifier", ["info", "--store", "{store}", ""], "'' is empty"),
+        (
+            "invalid GeoJSON",
+            [
+                "search",
+                "--aoi",
+                "{cases}/garbage.geojson",
+                "--start",
+                "2024-01-01",
+                "--end",
+                "2024-02-01",
+            ],
+            "is not valid JSON",
+        ),
+        (
+            "GeoJSON without features",
+            [
+                "search",
+                "--aoi",
+                "{cases}/empty.geojson",
+                "--start",
+                "2024-01-01",
+                "--end",
+                "2024-02-01",
+            ],
+            "not valid GeoJSON",
+        ),
+        (
+            "missing AOI file",
+            ["search", "--aoi", "/no/such.geojson", "--start", "2024-01-01", "--end", "2024-02-01"],
+            "Cannot read AOI file",
+        ),
+        (
+            "bbox min > max",
+            ["search", "--bbox", "3,0,1,1", "--start", "2024-01-01", "--end", "2024-02-01"],
+            "min must be below max",
+        ),
+        (
+            "bbox of 3 numbers",
+            ["search", "--bbox", "0,0,1", "--start", "2024-01-01", "--end", "2024-02-01"],
+            "3 numbers; expected four",
+        ),
+        (
+            "bbox off the globe",
+            ["search", "--bbox", "0,0,1,95", "--start", "2024-01-01", "--end", "2024-02-01"],
+            "outside lon -180..180",
+        ),
+        (
+            "end before start",
+            ["search", "--bbox", "0,0,1,1", "--start", "2024-02-01", "--end", "2024-01-01"],
+            "before start date",
+        ),
+        (
+            "malformed date",
+            ["search", "--bbox", "0,0,1,1", "--start", "2024-13-01", "--end", "2024-02-01"],
+            "Invalid start date '2024-13-01'",
+        ),
+        (
+            "missing end date",
+            [*ingest, "--bbox", "0,0,1,1", "--start", "2024-01-01"],
+            "Missing --end",
+        ),
+        ("cloud cover above 100", ["search", *search, "--max-cloud", "150"], "outside 0-100"),
+        ("cloud cover below 0", ["search", *search, "--max-cloud", "-5"], "outside 0-100"),
+        (
+            "unknown provider",
+            ["search", *search, "--profile", "nope"],
+            "Unknown provider profile 'nope'",
+        ),
+        (
+            "unreachable STAC API",
+            ["search", *search, "--stac-url", "http://127.0.0.1:9/"],
+            "Cannot reach the STAC API",
+        ),
+        ("invalid MGRS tile", ["search", *search, "--tiles", "XYZ"], "Invalid MGRS tile 'XYZ'"),
+        (
+            "item without the asset of a band",
+            ["ingest", "--store", "{store}", "--item", "{cases}/noasset.json", "--bands", "B03"],
+            "has no asset 'green' for band B03",
+        ),
+        (
+            "item in a non-UTM CRS",
+            ["ingest", "--store", "{store}", "--item", "{cases}/nonutm.json"],
+            "EPSG:3413; expected a WGS 84 UTM",
+        ),
+        (
+            "item file that is no item",
+            ["ingest", "--store", "{store}", "--item", "{cases}/notitem.json"],
+            "is not a STAC item",
+        ),
+        (
+            "store path that is a file",
+            [
+                "ingest",
+                "--store",
+                "{cases}/afile",
+                *search[:2],
+                "--start",
+                "2024-01-01",
+                "--end",
+                "2024-02-01",
+                "--stac-url",
+                world_url,
+            ],
+            "is a file",
+        ),
+        (
+            "offline open of a missing scene",
+            ["open", "--store", "{store}", "es-l2a_nope"],
+            "'es-l2a_nope' is not in the store",
+        ),
+        (
+            "offline open of an incomplete scene",
+            ["open", "--store", "{store}", scene, "--bands", "B02,B03"],
+            "lacks bands ['B03']",
+        ),
+        ("ls of a missing store", ["ls", "--store", "{store}/missing"], "does not exist"),
+        ("scenes in flight below 1", [*ingest, *search, "--parallel", "0"], "--parallel 0"),
+        ("unknown world size", ["world", "--size", "huge"], "Unknown world size 'huge'"),
+        (
+            "--item mixed with a search",
+            ["ingest", "--store", "{store}", "--item", "{cases}/noasset.json", "--bbox", "0,0,1,1"],
+            "either --item files or a search",
+        ),
+        (
+            "verify of a scene not stored",
+            ["verify", "--store", "{store}", "es-l2a_nope"],
+            "'es-l2a_nope' is not in the store",
+        ),
+    ]
+
+
+CASE_NAMES = [c[0] for c in bad_cases("")]
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_user_mistakes_give_one_line_exit_2_and_leave_the_store(world, stocked, tmp_path, name):
+    case = {c[0]: c for c in bad_cases(world.stac_url)}[name]
     store = tmp_path / "store"
-    store.mkdir()
-    (store / "keep.txt").write_text("unchanged")
-    proc = run(*[a.replace("{store}", str(store)) for a in args])
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr
+    shutil.copytree(stocked / "store", store)
+    before = snapshot(store)
+    fill = {"{store}": str(store), "{cases}": str(stocked), "{first}": world.items[0].id}
+    args = [functools.reduce(lambda a, kv: a.replace(*kv), fill.items(), arg) for arg in case[1]]
+    proc = run(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert case[2] in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert sorted(p.name for p in store.iterdir()) == ["keep.txt"], "store left as it was"
+    assert snapshot(store) == before, "store left exactly as it was"
+
+
+def test_coordinate_mismatch_with_the_stored_scene(world, stocked, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(stocked / "store", store)
+    before = snapshot(store)
+    proc = run(
+        "ingest", "--store", str(store), "--item", str(stocked / "shifted.json"), "--bands", "B03"
+    )
+    assert proc.returncode == 1
+    assert "x coordinates differ from the stored ones" in proc.stderr
+    assert len([ln for ln in proc.stderr.splitlines() if "failed" in ln]) == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert snapshot(store) == before
+
+
+def test_read_only_store(world, stocked, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(stocked / "store", store)
+    for path in [store, *store.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    before = snapshot(store)
+    cmd = [
+        "ingest",
+        "--store",
+        str(store),
+        "--stac-url",
+        world.stac_url,
+        *aoi_args(world),
+        "--bands",
+        "B03",
+    ]
+    # root ignores file modes unless it gives up the capability to override them
+    prefix = (
+        [
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--",
+        ]
+        if os.geteuid() == 0
+        else []
+    )
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "scenestore.cli", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    for path in [store, *store.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "is not writable" in proc.stderr and str(store) in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert snapshot(store) == before
+
+
+def test_offline_open_and_verify(world, stocked, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(stocked / "store", store)
+    ident = f"es-l2a_{world.items[0].id}"
+    out = run("open", "--store", str(store), ident, "--bands", "B02", check=True).stdout
+    assert "B02" in out and "uint16" in out
+    assert "1 committed bands checked" in run("verify", "--store", str(store), check=True).stdout
+    chunk = next((store / f"{ident}.zarr" / "B02" / "c").rglob("*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    chunk.write_bytes(chunk.read_bytes()[:-3])  # damage one chunk
+    proc = run("verify", "--store", str(store))
+    assert proc.returncode == 1 and "checksum" in proc.stdout
+    run("verify", "--store", str(store), "--repair", check=True)
+    proc = run("open", "--store", str(store), ident, "--bands", "B02")
+    assert proc.returncode == 2 and "lacks bands ['B02']" in proc.stderr

@@ -35,15 +35,23 @@ def checksums(store: Path) -> dict[tuple[str, str], str]:
 def clean(world, tmp_path_factory):
     """A clean, fault-free ingest of every scene and band: the reference."""
     store = tmp_path_factory.mktemp("clean")
-    results = ingest_items(StacStoreManager(list(ALL_BANDS), store, stac_url=world.stac_url),
-                           world.items)
+    results = ingest_items(
+        StacStoreManager(list(ALL_BANDS), store, stac_url=world.stac_url), world.items
+    )
     assert not any(r.error for r in results)
     return checksums(store)
 
 
 def test_ingest_under_20_percent_faults_equals_a_clean_run(world, clean, tmp_path):
-    plan = FaultPlan(status_503=0.06, status_429=0.04, reset_mid_body=0.05, truncate=0.05,
-                     retry_after=0, path_glob="*.tif", seed=11)
+    plan = FaultPlan(
+        status_503=0.06,
+        status_429=0.04,
+        reset_mid_body=0.05,
+        truncate=0.05,
+        retry_after=0,
+        path_glob="*.tif",
+        seed=11,
+    )
     stac_plan = FaultPlan(status_503=0.2, seed=5)
     manager = StacStoreManager(list(ALL_BANDS), tmp_path, stac_url=world.stac_url)
     with world.faulted(cog=plan, stac=stac_plan):
@@ -74,7 +82,9 @@ def test_a_scene_whose_retries_run_out_fails_alone_and_a_rerun_completes_it(worl
 def _spawn(store: Path, world, ids: list[str], bands=ALL_BANDS) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(WRITER), str(store), world.stac_url, ",".join(bands), *ids],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
 
 
@@ -109,7 +119,7 @@ def test_sigkill_at_random_moments_never_leaves_a_band_half_present(world, clean
                     mgr.open(scene.name[:-5], eager=True)
             manager = StacStoreManager(list(ALL_BANDS), store, stac_url=world.stac_url)
             assert not any(r.error for r in ingest_items(manager, ids))
-            expected = {k: v for k, v in clean.items() if k[0][len("es-l2a_"):-5] in ids}
+            expected = {k: v for k, v in clean.items() if k[0][len("es-l2a_") : -5] in ids}
             assert checksums(store) == expected, f"trial {trial}"
     # The kills must have hit different stages: some before, some after commits began.
     assert len(set(outcomes)) >= 3, outcomes
@@ -120,8 +130,12 @@ def test_two_writers_on_overlapping_scenes_share_the_work(world, clean, tmp_path
     ids = [i.id for i in world.items]
     first = _spawn(tmp_path, world, ids[:3])
     second = _spawn(tmp_path, world, ids[1:])
-    outs = [json.loads(line) for p in (first, second) for line in p.communicate(timeout=180)[0]
-            .splitlines() if line.startswith("{")]
+    outs = [
+        json.loads(line)
+        for p in (first, second)
+        for line in p.communicate(timeout=180)[0].splitlines()
+        if line.startswith("{")
+    ]
     assert first.returncode == 0 and second.returncode == 0
     assert not [o for o in outs if o["error"]]
     fetched = [(o["identifier"], b) for o in outs for b in o["fetched"]]

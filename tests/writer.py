@@ -20,8 +20,16 @@ def main() -> None:
     items = [manager.get_item(i) for i in ids]
 
     def report(result) -> None:
-        print(json.dumps({"identifier": result.identifier, "fetched": list(result.fetched),
-                          "error": result.error}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "identifier": result.identifier,
+                    "fetched": list(result.fetched),
+                    "error": result.error,
+                }
+            ),
+            flush=True,
+        )
 
     ingest_items(manager, items, max_workers=2, retries=2, backoff_s=0.05, on_result=report)
 

@@ -45,6 +45,8 @@ BBoxOpt = Annotated[str | None, typer.Option("--bbox", help="W,S,E,N in degrees.
 AoiOpt = Annotated[Path | None, typer.Option("--aoi", help="GeoJSON file with the AOI.")]
 StartOpt = Annotated[str, typer.Option("--start", help="First day, YYYY-MM-DD.")]
 EndOpt = Annotated[str, typer.Option("--end", help="Last day (inclusive), YYYY-MM-DD.")]
+OptStart = Annotated[str | None, typer.Option("--start", help="First day, YYYY-MM-DD.")]
+OptEnd = Annotated[str | None, typer.Option("--end", help="Last day (inclusive), YYYY-MM-DD.")]
 CloudOpt = Annotated[
     float | None, typer.Option("--max-cloud", help="Maximum cloud cover in percent.")
 ]
@@ -129,8 +131,8 @@ def search(
 @user_errors
 def ingest(
     store: StoreOpt,
-    start: StartOpt,
-    end: EndOpt,
+    start: OptStart = None,
+    end: OptEnd = None,
     stac_url: StacUrl = None,
     profile: ProfileOpt = "earth-search",
     bbox: BBoxOpt = None,
@@ -141,8 +143,12 @@ def ingest(
         ALL_BANDS
     ),
     parallel: Annotated[int, typer.Option("--parallel", help="Scenes in flight at once.")] = 2,
+    item_files: Annotated[
+        list[Path] | None,
+        typer.Option("--item", help="Ingest this STAC item JSON file instead of searching."),
+    ] = None,
 ) -> None:
-    """Search, then download the missing bands of every scene found into the store."""
+    """Search (or read --item files), then download the missing bands of every scene."""
     from scenestore.ingest import ingest_items
     from scenestore.search import search_scenes
     from scenestore.stac import StacStoreManager
@@ -150,11 +156,25 @@ def ingest(
     band_list = normalize_bands(bands)
     if parallel < 1:
         raise InvalidRequestError(f"--parallel {parallel} is below 1; expected a positive number.")
-    query = _query(bbox, aoi, start, end, max_cloud, tiles)
     manager = StacStoreManager(band_list, store, profile=profile, stac_url=stac_url)
+    if item_files:
+        if any(v is not None for v in (start, end, bbox, aoi, max_cloud, tiles)):
+            raise InvalidRequestError(
+                "--item was given with search options; expected either --item files or a search "
+                "(--bbox/--aoi, --start, --end...)."
+            )
+        items = [_read_item(path) for path in item_files]
+        for item in items:  # every item must be storable before anything is downloaded
+            manager.check_item(item)
+        query = None
+    else:
+        query = _query(
+            bbox, aoi, _required(start, "--start"), _required(end, "--end"), max_cloud, tiles
+        )
     manager.check_writable()
     started = time.perf_counter()
-    items = search_scenes(query, stac_url=manager.stac_url, profile=manager.profile)
+    if query is not None:
+        items = search_scenes(query, stac_url=manager.stac_url, profile=manager.profile)
     with Progress(
         TextColumn("[bold]ingest"),
         BarColumn(),
@@ -175,6 +195,33 @@ def ingest(
     _print_summary(results, elapsed)
     if any(r.error for r in results):
         raise typer.Exit(EXIT_SCENE_FAILED)
+
+
+def _required(value: str | None, option: str) -> str:
+    if value is None:
+        raise InvalidRequestError(f"Missing {option}; expected a date YYYY-MM-DD.")
+    return value
+
+
+def _read_item(path: Path):
+    """Read a STAC item JSON file, with a one-line error for anything else."""
+    import json
+
+    import pystac
+
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or doc.get("type") != "Feature":
+            raise ValueError("not a GeoJSON Feature")
+        return pystac.Item.from_dict(doc)
+    except OSError as err:
+        raise InvalidRequestError(
+            f"Cannot read item file {str(path)!r}: {err.strerror}; expected a STAC item JSON file."
+        ) from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise InvalidRequestError(
+            f"Item file {str(path)!r} is not a STAC item ({err}); expected a STAC item JSON file."
+        ) from err
 
 
 def _print_summary(results, elapsed: float) -> None:
@@ -266,6 +313,26 @@ def info(
     for k, v in sorted(meta.attrs.items()):
         attrs.add_row(k, redact(str(v))[:100])
     console.print(attrs)
+
+
+@app.command("open")
+@user_errors
+def open_(
+    store: StoreOpt,
+    identifier: Annotated[str, typer.Argument(help="Scene identifier.")],
+    bands: Annotated[str, typer.Option("--bands", help="Bands that must be stored.")] = ",".join(
+        ALL_BANDS
+    ),
+    profile: ProfileOpt = "earth-search",
+) -> None:
+    """Open a stored scene offline (never the network) and print what it holds."""
+    from scenestore.inventory import check_store
+    from scenestore.stac import StacStoreManager
+
+    check_store(store)
+    manager = StacStoreManager(normalize_bands(bands), store, profile=profile)
+    ds = manager.open(identifier)
+    console.print(ds)
 
 
 @app.command()

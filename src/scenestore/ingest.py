@@ -70,7 +70,7 @@ def ingest_items(
     retrying = Retrying(
         retry=retry_if_exception_type(TransientSourceError),
         stop=stop_after_attempt(retries + 1),
-        wait=wait_exponential_jitter(multiplier=backoff_s, max=30 * backoff_s),
+        wait=wait_exponential_jitter(multiplier=backoff_s, max=30 * backoff_s, jitter=backoff_s),
         before_sleep=_log_retry,
         reraise=True,
     )
@@ -80,7 +80,8 @@ def ingest_items(
             result = retrying.copy()(manager.ingest, item)
         except ScenestoreError as err:
             identifier = _safe_identifier(manager, item)
-            logger.warning("Scene %s failed: %s", identifier, redact(str(err)))
+            # The result carries the error; callers report it (the CLI in its summary).
+            logger.info("Scene %s failed: %s", identifier, redact(str(err)))
             result = IngestResult(identifier, error=redact(str(err)))
         if on_result is not None:
             on_result(result)

@@ -178,6 +178,32 @@ class StacStoreManager(StoreManager[pystac.Item]):
             )
         return found[0]
 
+    def check_item(self, item: pystac.Item, bands: list[str] | None = None) -> GeoBox:
+        """Check, without any I/O, that an item can be stored: assets, UTM CRS, grid fields.
+
+        Args:
+            item: The STAC item.
+            bands: Bands to check (default: this manager's bands).
+
+        Returns:
+            The scene's 10 m grid.
+
+        Raises:
+            ItemError: If the item lacks an asset for a band, is not in a UTM CRS, or has no
+                grid fields.
+        """
+        keys = {b: self.profile.asset_key(b) for b in normalize_bands(bands or self.bands)}
+        for band, key in keys.items():
+            if key not in item.assets:
+                present = ", ".join(sorted(item.assets)[:8])
+                raise ItemError(
+                    f"Item {item.id!r} has no asset {key!r} for band {band}; expected the "
+                    f"{self.profile.name!r} asset keys (it has {present}...)."
+                )
+        item_dict = item.to_dict(transform_hrefs=False)
+        epsg = require_utm(item.id, epsg_of(item_dict, list(keys.values())))
+        return scene_geobox(item_dict, list(keys.values()), epsg)
+
     def download_scene_from_source(self, item: str | pystac.Item, bands: list[str]) -> xr.Dataset:
         """Load bands of one scene lazily with odc-stac onto its 10 m UTM grid.
 
@@ -191,16 +217,8 @@ class StacStoreManager(StoreManager[pystac.Item]):
         bands = normalize_bands(bands)
         stac_item = self.get_item(item)
         keys = {band: self.profile.asset_key(band) for band in bands}
-        for band, key in keys.items():
-            if key not in stac_item.assets:
-                present = ", ".join(sorted(stac_item.assets)[:8])
-                raise ItemError(
-                    f"Item {stac_item.id!r} has no asset {key!r} for band {band}; expected the "
-                    f"{self.profile.name!r} asset keys (it has {present}...)."
-                )
+        geobox = self.check_item(stac_item, bands)
         item_dict = stac_item.to_dict(transform_hrefs=False)
-        epsg = require_utm(stac_item.id, epsg_of(item_dict, list(keys.values())))
-        geobox = scene_geobox(item_dict, list(keys.values()), epsg)
         chunk = self.chunk_size or choose_chunk(max(geobox.shape))
         configure_gdal()
         # Asked to download means asked to read the source: not GDAL's in-process cache.
