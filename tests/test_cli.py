@@ -340,3 +340,47 @@ def test_offline_open_and_verify(world, stocked, tmp_path):
     run("verify", "--store", str(store), "--repair", check=True)
     proc = run("open", "--store", str(store), ident, "--bands", "B02")
     assert proc.returncode == 2 and "lacks bands ['B02']" in proc.stderr
+
+
+def test_secrets_never_reach_the_output_of_a_faulted_run(world, tmp_path):
+    """Signed-URL tokens, URL passwords and AWS keys stay out of logs, errors and tables."""
+    from scenestore.world import FaultPlan
+
+    sig, password, key = "SUPERSECRETSIG0123456789", "hunter2pass", "AKIAABCDEFGHIJKLMNOP"
+    item = world.items[2].to_dict()
+    for asset in item["assets"].values():
+        asset["href"] += f"?st=2026-11-25&se=2099-01-01&sp=rl&sig={sig}"
+    (tmp_path / "signed.json").write_text(json.dumps(item))
+    env = {**ENV, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMIK7MDENGbPxRfiCY"}
+    outputs = []
+    with world.faulted(cog=FaultPlan(status_503=0.5, reset_mid_body=0.5, seed=3)):
+        for args in (
+            [
+                "-v",
+                "ingest",
+                "--store",
+                str(tmp_path / "s"),
+                "--item",
+                str(tmp_path / "signed.json"),
+            ],
+            [
+                "-v",
+                "search",
+                "--stac-url",
+                f"http://user:{password}@127.0.0.1:9/?token={sig}",
+                *aoi_args(world),
+            ],
+        ):
+            proc = subprocess.run(
+                [sys.executable, "-m", "scenestore.cli", *args],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=env,
+            )
+            assert proc.returncode != 0
+            outputs.append(proc.stdout + proc.stderr)
+    text = "\n".join(outputs)
+    assert "REDACTED" in text and "Cannot reach the STAC API" in text
+    for secret in (sig, password, key, "wJalrXUtnFEMIK7MDENGbPxRfiCY"):
+        assert secret not in text

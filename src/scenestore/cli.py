@@ -77,10 +77,14 @@ def main(
     """Configure logging for every command."""
     from rich.logging import RichHandler
 
+    from scenestore.redact import RedactingFilter
+
+    handler = RichHandler(console=err_console, show_path=False)
+    handler.addFilter(RedactingFilter())  # every logger, any library: no secret is printed
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
+        handlers=[handler],
     )
     # urllib3 logs every retry of an unreachable host; the one-line error says it better.
     logging.getLogger("urllib3").setLevel(logging.ERROR)

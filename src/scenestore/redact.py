@@ -112,6 +112,8 @@ REDACTED_LOGGERS: tuple[str, ...] = (
     "rasterio._err",
     "odc",
     "odc.loader",
+    "odc.loader._rio",
+    "odc.loader._builder",
     "odc.stac",
     "urllib3.connectionpool",
     "pystac_client",
@@ -141,3 +143,4 @@ __all__ = [
     "redact",
     "strip_query",
 ]
+
