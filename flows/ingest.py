@@ -1,0 +1,475 @@
+"""The ingest flows: one scene (``ingest-scene``) and a search's worth of scenes (``ingest``).
+
+``ingest`` searches once (cached), checks every scene's missing bands in one task, and only
+then submits one ``store-scene`` task per incomplete scene, at most ``max_in_flight`` at a
+time, on threads or on Dask. Complete scenes never get a task. A scene that fails does not
+stop the others; the run ends Failed, naming them, when any failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pystac
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
+from prefect.states import Failed, State
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
+
+from flows.params import (
+    BandName,
+    BBox,
+    CloudCover,
+    IngestRequest,
+    LookbackDays,
+    MgrsTile,
+    ProfileName,
+    RunOptions,
+    StoreSpec,
+    make_store_spec,
+    query_key,
+)
+from flows.tasks import (
+    ScenePlan,
+    check_scenes,
+    download_scene,
+    missing_bands,
+    retry_options,
+    save_scene,
+    scene_identifier,
+    search,
+    store_scene,
+)
+from scenestore.bands import ALL_BANDS
+from scenestore.manager import IngestResult
+from scenestore.redact import redact
+from scenestore.search import SceneQuery
+
+#: All bands, pre-selected in the UI's multi-select.
+DEFAULT_BANDS: list[BandName] = list(ALL_BANDS)  # type: ignore[arg-type]
+#: Run options used when a run gives none.
+DEFAULT_OPTIONS = RunOptions()
+#: Seconds between two updates of the progress artifact (each is one API call).
+PROGRESS_INTERVAL_S = 1.0
+#: Failed scenes named in a Failed state's message before "and N more".
+MAX_NAMED_FAILURES = 20
+
+
+class ScenesFailedError(RuntimeError):
+    """Some scenes of an ingest run failed; the others were stored.
+
+    Attributes:
+        failures: Error message per failed scene identifier (redacted).
+        summary: The run's summary (see :class:`IngestSummary`).
+    """
+
+    def __init__(self, message: str, failures: dict[str, str], summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.failures = failures
+        self.summary = summary
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest run did, returned by the flow and shown as its table artifact.
+
+    Attributes:
+        label: The date range (or other label) of the run.
+        scenes: Scenes the search found.
+        complete: Scenes that were already complete (no task was created for them).
+        stored: Scenes whose missing bands were downloaded and committed.
+        failed: Error message per failed scene.
+        bytes_written: Bytes committed by this run.
+        seconds: Wall time of the per-scene part.
+        rows: One report row per scene.
+    """
+
+    label: str
+    scenes: int = 0
+    complete: int = 0
+    stored: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    bytes_written: int = 0
+    seconds: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_result(self) -> dict[str, Any]:
+        """The summary without the per-scene rows (those go to the table artifact)."""
+        data = asdict(self)
+        data.pop("rows")
+        return data
+
+
+# -- task runners -----------------------------------------------------------------------------
+
+
+def scene_task_runner(options: RunOptions) -> TaskRunner[Any]:
+    """The runner the per-scene tasks go to: threads, a local Dask cluster or a scheduler.
+
+    Chosen per run from parameters, inside the flow: a wrapper flow that picks
+    ``ingest.with_options(task_runner=...)`` would cost one more flow run (~1.1 s) and a second
+    entry in the UI per run. The flow's own ``task_runner`` is not used for scenes.
+    """
+    if options.dask_address or options.use_dask:
+        from prefect_dask import DaskTaskRunner
+
+        if options.dask_address:
+            return DaskTaskRunner(address=options.dask_address)
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": options.dask_workers,
+                "threads_per_worker": max(1, options.max_in_flight // options.dask_workers),
+                "processes": True,
+                "dashboard_address": None,
+            },
+        )
+    return ThreadPoolTaskRunner(max_workers=options.max_in_flight)
+
+
+# -- flows ------------------------------------------------------------------------------------
+
+
+# The flow's own tasks (search, check) run in the flow thread; scenes go to the runner that
+# `scene_task_runner` picks. The bounded pool only guards against unbounded threads (the
+# default) should anything be submitted to the flow's runner.
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=True)
+def ingest(
+    store: str,
+    bbox: BBox | None = None,
+    aoi: dict[str, Any] | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    lookback_days: LookbackDays | None = None,
+    bands: list[BandName] = DEFAULT_BANDS,
+    max_cloud: CloudCover | None = None,
+    tiles: list[MgrsTile] | None = None,
+    profile: ProfileName = "earth-search",
+    stac_url: str | None = None,
+    options: RunOptions = DEFAULT_OPTIONS,
+) -> dict[str, Any] | State[Any]:
+    """Search for scenes and store the missing bands of each, a bounded number at a time.
+
+    Args:
+        store: Store directory (created if missing).
+        bbox: Area of interest as a lon/lat box; give this or ``aoi``.
+        aoi: Area of interest as GeoJSON (geometry, Feature or FeatureCollection).
+        start: First sensing day; without it the run looks back ``lookback_days``.
+        end: Last sensing day (inclusive); defaults to the day the run was scheduled for.
+        lookback_days: Days before ``end`` to start from when ``start`` is not given.
+        bands: Bands to store.
+        max_cloud: Highest cloud cover in percent.
+        tiles: MGRS tiles to keep, e.g. ``["33UUP"]``; all when empty.
+        profile: Provider profile.
+        stac_url: STAC API root URL; the profile's by default.
+        options: Parallelism, retries, Dask and search caching.
+
+    Returns:
+        A summary (scenes found, complete, stored, bytes) when every scene succeeded, else a
+        Failed state naming the failed scenes.
+    """
+    logger = get_run_logger()
+    request = IngestRequest.parse(
+        store=store, bbox=bbox, aoi=aoi, start=start, end=end, lookback_days=lookback_days,
+        bands=bands, max_cloud=max_cloud, tiles=tiles or [], profile=profile, stac_url=stac_url,
+    )
+    window = request.window(reference_day())
+    spec = request.store_spec()
+    spec.manager().check_writable()  # before any search or download: fail fast on a bad store
+    logger.info(
+        "Ingest %s of %s bands %s from %s into %s",
+        window.label, request.bbox or "the AOI", ",".join(spec.bands), redact(spec.stac_url),
+        redact(spec.store),
+    )
+    items = find_scenes(request.scene_query(window), spec, options)
+    return ingest_items(items, spec, options, label=window.label)
+
+
+@flow(name="ingest-scene", validate_parameters=True)
+def ingest_scene(
+    item: str,
+    store: str,
+    bands: list[BandName] = DEFAULT_BANDS,
+    profile: ProfileName = "earth-search",
+    stac_url: str | None = None,
+    options: RunOptions = DEFAULT_OPTIONS,
+) -> dict[str, Any]:
+    """Store the missing bands of one scene, as four visible steps.
+
+    Args:
+        item: STAC item id (or store identifier) of the scene.
+        store: Store directory.
+        bands: Bands to store.
+        profile: Provider profile.
+        stac_url: STAC API root URL; the profile's by default.
+        options: Retries (the other options do not apply to one scene).
+
+    Returns:
+        What was fetched: identifier, bands, bytes, seconds, and whether it was skipped.
+    """
+    started = time.perf_counter()
+    spec = make_store_spec(store, bands, profile=profile, stac_url=stac_url)
+    retrying = retry_options(
+        options.retries, options.retry_backoff_seconds, options.retry_jitter_factor
+    )
+    identifier = scene_identifier(item, spec)
+    missing = missing_bands(identifier, spec)
+    if not missing:
+        get_run_logger().info("Scene %s is complete; nothing to download", identifier)
+        return _as_dict(
+            IngestResult(identifier, skipped=True, seconds=time.perf_counter() - started)
+        )
+    dataset = download_scene.with_options(**retrying)(item, missing, spec)
+    result = save_scene.with_options(**retrying)(dataset, identifier, spec)
+    get_run_logger().info(
+        "Stored %s bands %s (%d bytes)", identifier, ",".join(result.fetched),
+        result.bytes_written,
+    )
+    return {**_as_dict(result), "seconds": time.perf_counter() - started}
+
+
+def _as_dict(result: IngestResult) -> dict[str, Any]:
+    """An IngestResult as plain JSON-ready values (bands as a list)."""
+    return {**asdict(result), "fetched": list(result.fetched)}
+
+
+# -- the parts ------------------------------------------------------------------------------
+
+
+def reference_day() -> date:
+    """The UTC day the current run was scheduled for (today when run directly)."""
+    scheduled = flow_run.scheduled_start_time
+    if scheduled is None:
+        return datetime.now(UTC).date()
+    return scheduled.astimezone(UTC).date()
+
+
+def find_scenes(
+    query: SceneQuery, spec: StoreSpec, options: RunOptions
+) -> list[dict[str, Any]]:
+    """Run the cached search task and return the items as STAC JSON documents.
+
+    The cache key is the canonical JSON of the query plus the STAC URL and profile (and the
+    task's source); it expires after ``options.search_cache_seconds`` (0: no cache).
+    """
+    retrying = retry_options(
+        options.retries, options.retry_backoff_seconds, options.retry_jitter_factor
+    )
+    if options.search_cache_seconds > 0:
+        search_task = search.with_options(
+            cache_expiration=timedelta(seconds=options.search_cache_seconds), **retrying
+        )
+    else:
+        search_task = search.with_options(cache_policy=NO_CACHE, persist_result=False, **retrying)
+    return search_task(query_key(query), spec.stac_url, spec.profile)
+
+
+def ingest_items(
+    items: Sequence[pystac.Item | dict[str, Any]],
+    spec: StoreSpec,
+    options: RunOptions,
+    *,
+    label: str,
+) -> dict[str, Any] | State[Any]:
+    """The per-scene part of ``ingest`` (call it inside a flow run).
+
+    Checks all scenes in one task, submits ``store-scene`` for the incomplete ones with at
+    most ``options.max_in_flight`` in flight, keeps a progress artifact current, and writes
+    a table artifact.
+
+    Returns:
+        The summary, or a Failed state naming the failed scenes.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    summary = IngestSummary(label=label, scenes=len(items))
+    plans = check_scenes(quote(list(items)), spec)
+    todo: list[ScenePlan] = []
+    for plan in plans:
+        if plan.error is not None:
+            _record_failure(summary, plan.name, plan.error, logger)
+        elif not plan.missing:
+            summary.complete += 1
+            summary.rows.append(_row(plan.name, (), 0, 0.0, "complete"))
+        else:
+            todo.append(plan)
+    logger.info(
+        "%d scenes found: %d complete, %d to download, %d invalid",
+        summary.scenes, summary.complete, len(todo), len(summary.failed),
+    )
+    progress = _Progress(total=len(items), done=len(items) - len(todo), label=label)
+    if todo:
+        _run_scenes(todo, spec, options, summary, progress)
+    progress.finish()
+    summary.seconds = time.perf_counter() - started
+    create_table_artifact(
+        table=summary.rows,
+        key="ingest-report",
+        description=(
+            f"Ingest {label}: {summary.scenes} scenes, {summary.complete} already complete, "
+            f"{summary.stored} stored ({summary.bytes_written} bytes), "
+            f"{len(summary.failed)} failed."
+        ),
+    )
+    if summary.failed:
+        message = _failure_message(summary)
+        logger.error(message)
+        return Failed(
+            message=message,
+            data=ScenesFailedError(message, dict(summary.failed), summary.as_result()),
+        )
+    return summary.as_result()
+
+
+def _run_scenes(
+    todo: list[ScenePlan],
+    spec: StoreSpec,
+    options: RunOptions,
+    summary: IngestSummary,
+    progress: _Progress,
+) -> None:
+    """Submit ``store-scene`` for each plan, keeping at most ``max_in_flight`` in flight."""
+    logger = get_run_logger()
+    task = store_scene.with_options(
+        **retry_options(options.retries, options.retry_backoff_seconds, options.retry_jitter_factor)
+    )
+    queue = list(reversed(todo))
+    in_flight: dict[PrefectFuture[IngestResult], ScenePlan] = {}
+    with scene_task_runner(options) as runner:
+        while queue or in_flight:
+            while queue and len(in_flight) < options.max_in_flight:
+                plan = queue.pop()
+                future = runner.submit(task, parameters={"item": plan.item(), "spec": spec})
+                in_flight[future] = plan
+            # Take the first future to finish, then refill the free slot.
+            future = next(as_completed(list(in_flight)))
+            plan = in_flight.pop(future)
+            _collect(future, plan, summary, logger)
+            progress.advance()
+
+
+def _collect(
+    future: PrefectFuture[IngestResult], plan: ScenePlan, summary: IngestSummary, logger: Any
+) -> None:
+    identifier = plan.name
+    future.wait()  # sets the final state from the runner; reading it earlier asks the API
+    state = future.state
+    if state.is_completed():
+        result: IngestResult = future.result()
+        status = "complete" if result.skipped else "stored"
+        summary.stored += 0 if result.skipped else 1
+        summary.complete += 1 if result.skipped else 0
+        summary.bytes_written += result.bytes_written
+        summary.rows.append(
+            _row(identifier, result.fetched, result.bytes_written, result.seconds, status)
+        )
+        logger.info(
+            "%s %s: %s (%d bytes, %.1f s)", status.capitalize(), identifier,
+            ",".join(result.fetched) or "-", result.bytes_written, result.seconds,
+        )
+        return
+    error = state.result(raise_on_failure=False)
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message
+    _record_failure(summary, identifier, redact(str(text)), logger, missing=plan.missing)
+
+
+def _record_failure(
+    summary: IngestSummary,
+    identifier: str,
+    message: str,
+    logger: Any,
+    *,
+    missing: tuple[str, ...] = (),
+) -> None:
+    summary.failed[identifier] = message
+    summary.rows.append(_row(identifier, (), 0, 0.0, "failed", error=message, missing=missing))
+    logger.warning("Scene %s failed: %s", identifier, message)
+
+
+def _row(
+    identifier: str,
+    fetched: tuple[str, ...],
+    size: int,
+    seconds: float,
+    status: str,
+    *,
+    error: str | None = None,
+    missing: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    return {
+        "scene": identifier,
+        "bands fetched": ",".join(fetched) or (f"(wanted {','.join(missing)})" if missing else ""),
+        "bytes": size,
+        "seconds": round(seconds, 2),
+        "status": status,
+        "error": redact(error) if error else "",
+    }
+
+
+def _failure_message(summary: IngestSummary) -> str:
+    names = [f"{ident} ({_shorten(msg, 400)})" for ident, msg in summary.failed.items()]
+    shown = "; ".join(names[:MAX_NAMED_FAILURES])
+    more = len(names) - MAX_NAMED_FAILURES
+    return (
+        f"{len(summary.failed)} of {summary.scenes} scenes failed in {summary.label}: {shown}"
+        + (f"; and {more} more (see the ingest-report artifact)" if more > 0 else "")
+    )
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Progress:
+    """The run's progress artifact, updated at most every :data:`PROGRESS_INTERVAL_S`."""
+
+    def __init__(self, *, total: int, done: int, label: str) -> None:
+        self.total, self.done = total, done
+        self._last = time.monotonic()
+        self._id = create_progress_artifact(
+            progress=self._percent(),
+            key="ingest-progress",
+            description=f"Scenes done of {total} for {label}",
+        )
+
+    def _percent(self) -> float:
+        return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
+
+    def advance(self) -> None:
+        self.done += 1
+        if time.monotonic() - self._last >= PROGRESS_INTERVAL_S:
+            self._update()
+
+    def finish(self) -> None:
+        self.done = self.total
+        self._update()
+
+    def _update(self) -> None:
+        self._last = time.monotonic()
+        update_progress_artifact(artifact_id=self._id, progress=self._percent())
+
+
+__all__ = [
+    "DEFAULT_BANDS",
+    "DEFAULT_OPTIONS",
+    "IngestSummary",
+    "ScenesFailedError",
+    "find_scenes",
+    "ingest",
+    "ingest_items",
+    "ingest_scene",
+    "reference_day",
+    "scene_task_runner",
+]

@@ -1,0 +1,241 @@
+"""Prefect tasks: one-line bodies around the scenestore library.
+
+What is persisted as a Prefect result: only the STAC search (item documents as JSON, for the
+search cache). Every task that sees a Dataset, and every per-scene task, runs with
+``persist_result=False`` and returns small values (identifiers, band lists, byte counts); the
+store itself is the scene cache (:meth:`~scenestore.manager.StoreManager.missing_bands`).
+
+Retries target exactly :class:`~scenestore.errors.TransientSourceError` (HTTP 5xx, 429,
+timeouts, resets, as the library classifies them); user errors (unknown band, bad identifier,
+coordinate mismatch, an item without the asset) fail at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pystac
+import xarray as xr
+from prefect import Task, get_run_logger, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.client.schemas.objects import TaskRun
+from prefect.exceptions import MissingContextError
+from prefect.states import State
+from prefect.tasks import exponential_backoff
+
+from flows.params import StoreSpec, query_from_key
+from scenestore.errors import ScenestoreError, TransientSourceError
+from scenestore.layout import scene_path
+from scenestore.manager import IngestResult
+from scenestore.redact import redact
+from scenestore.search import search_scenes
+from scenestore.storage import array_bytes
+
+#: Retries of a transient failure unless a run asks otherwise (RunOptions.retries).
+DEFAULT_RETRIES = 3
+#: First retry delay in seconds; doubles on each retry.
+DEFAULT_BACKOFF_SECONDS = 2.0
+#: Random extra delay, as a fraction of the delay, so retries of many scenes spread out.
+DEFAULT_JITTER = 0.5
+#: How long a search result is reused unless a run asks otherwise.
+DEFAULT_SEARCH_CACHE = timedelta(hours=1)
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """Whether retrying could help: a transient source error, or a bare network error."""
+    if isinstance(error, TransientSourceError):
+        return True
+    # Anything else scenestore raises on purpose is a verdict, not a hiccup.
+    return isinstance(error, ConnectionError | TimeoutError) and not isinstance(
+        error, ScenestoreError
+    )
+
+
+def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """``retry_condition_fn``: retry only when the failure is transient."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    if error is None:
+        try:
+            result = state.result(raise_on_failure=False)
+        except Exception as err:  # a result that cannot be read is no reason to retry
+            result = err
+        error = result if isinstance(result, BaseException) else None
+    retry = is_transient(error)
+    if not retry:
+        _logger().info("Not retrying %s: %s is not transient", task_run.name, type(error).__name__)
+    return retry
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def retry_options(
+    retries: int = DEFAULT_RETRIES,
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+    jitter: float = DEFAULT_JITTER,
+) -> dict[str, Any]:
+    """Keyword arguments for ``task.with_options`` that set the transient-error retries."""
+    return {
+        "retries": retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=backoff_seconds),
+        "retry_jitter_factor": jitter,
+        "retry_condition_fn": retry_if_transient,
+    }
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """What the bulk check found for one scene.
+
+    Attributes:
+        source: The scene's STAC item, as a pystac Item or a STAC JSON document.
+        identifier: Its store identifier, or None when it has no valid one.
+        missing: Bands the store lacks (empty: the scene is complete).
+        error: Why the scene cannot be ingested, when it cannot.
+    """
+
+    source: pystac.Item | dict[str, Any]
+    identifier: str | None
+    missing: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def item_id(self) -> str:
+        """The STAC item id."""
+        return self.source["id"] if isinstance(self.source, dict) else self.source.id
+
+    @property
+    def name(self) -> str:
+        """The identifier, or the item id when there is no valid identifier."""
+        return self.identifier or str(self.item_id)
+
+    def item(self) -> pystac.Item:
+        """The pystac Item (parsed only here: ~1 ms each, so only for scenes to download)."""
+        if isinstance(self.source, pystac.Item):
+            return self.source
+        return pystac.Item.from_dict(self.source)
+
+
+# -- search (cached) --------------------------------------------------------------------------
+
+
+@task(
+    name="search-scenes",
+    cache_policy=INPUTS + TASK_SOURCE,
+    cache_expiration=DEFAULT_SEARCH_CACHE,
+    result_serializer="json",
+    **retry_options(),
+)
+def search(query_json: str, stac_url: str, profile: str) -> list[dict[str, Any]]:
+    """Search the STAC API; cached by the canonical query text, URL, profile and this code.
+
+    Args:
+        query_json: The query as :func:`flows.params.query_key` renders it.
+        stac_url: STAC API root URL (resolved, never None, so defaults share one cache entry).
+        profile: Provider profile name.
+
+    Returns:
+        The matching items as STAC JSON documents (small, JSON-persisted for the cache).
+    """
+    items = search_scenes(query_from_key(query_json), stac_url=stac_url, profile=profile)
+    return [item.to_dict(transform_hrefs=False) for item in items]
+
+
+# -- bulk planning ----------------------------------------------------------------------------
+
+
+@task(name="check-scenes", persist_result=False)
+def check_scenes(items: list[pystac.Item | dict[str, Any]], spec: StoreSpec) -> list[ScenePlan]:
+    """Find the missing bands of every scene at once (one directory listing per scene).
+
+    Pass a long list wrapped in ``prefect.utilities.annotations.quote``: otherwise Prefect
+    walks every nested value of the items looking for futures (3.5 s for 1,000 item dicts).
+    A scene without a valid identifier is planned as failed, not raised, so it cannot stop
+    the others.
+    """
+    manager = spec.manager()
+    plans = []
+    for item in items:
+        try:
+            identifier = manager.identifier(item["id"] if isinstance(item, dict) else item)
+            plans.append(ScenePlan(item, identifier, tuple(manager.missing_bands(identifier))))
+        except ScenestoreError as err:
+            plans.append(ScenePlan(item, None, error=redact(str(err))))
+    return plans
+
+
+# -- the four steps of one scene --------------------------------------------------------------
+
+
+@task(name="scene-identifier", persist_result=False)
+def scene_identifier(item: pystac.Item | str, spec: StoreSpec) -> str:
+    """Return the scene's store identifier (raises InvalidIdentifierError, never retried)."""
+    return spec.manager().identifier(item)
+
+
+@task(name="missing-bands", persist_result=False)
+def missing_bands(identifier: str, spec: StoreSpec) -> list[str]:
+    """Return the bands of ``spec`` that the stored scene lacks."""
+    return spec.manager().missing_bands(identifier)
+
+
+@task(name="download-scene", persist_result=False, **retry_options())
+def download_scene(item: pystac.Item | str, bands: list[str], spec: StoreSpec) -> xr.Dataset:
+    """Open the scene's bands lazily (dask); no pixels move here.
+
+    Only the item lookup of an id (a STAC request) can fail transiently, so this retries too.
+    The Dataset is never persisted: it lives in memory until :func:`save_scene` computes it.
+    """
+    return spec.manager().download_scene_from_source(item, bands)
+
+
+@task(name="save-scene", persist_result=False, **retry_options())
+def save_scene(dataset: xr.Dataset, identifier: str, spec: StoreSpec) -> IngestResult:
+    """Compute the lazy Dataset and commit its bands: the step where the bytes move.
+
+    This is the step whose retries matter: a 503 or a reset while reading a COG surfaces
+    here. A retry recomputes the lazy Dataset from the source; already committed bands are
+    replaced, never half-written (the library stages and commits).
+    """
+    manager = spec.manager()
+    manager.save_to_store(dataset, identifier)
+    bands = [str(b) for b in dataset.data_vars]
+    scene = scene_path(manager.store, identifier)  # type: ignore[arg-type]
+    return IngestResult(
+        identifier, fetched=tuple(bands), bytes_written=sum(array_bytes(scene, b) for b in bands)
+    )
+
+
+# -- what `ingest` maps -----------------------------------------------------------------------
+
+
+@task(name="store-scene", task_run_name="store-{item.id}", persist_result=False, **retry_options())
+def store_scene(item: pystac.Item, spec: StoreSpec) -> IngestResult:
+    """Download and commit the missing bands of one scene: the unit `ingest` maps and retries.
+
+    The library re-checks the missing bands under the scene lock, so a scene another run
+    finished in the meantime is skipped, and a retry only fetches what is still missing.
+    """
+    return spec.manager().ingest(item)
+
+
+__all__ = [
+    "ScenePlan",
+    "check_scenes",
+    "download_scene",
+    "is_transient",
+    "missing_bands",
+    "retry_if_transient",
+    "retry_options",
+    "save_scene",
+    "scene_identifier",
+    "search",
+    "store_scene",
+]

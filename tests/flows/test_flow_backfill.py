@@ -1,0 +1,85 @@
+"""The backfill flow in-process (windows as subflows): one run per window, complete windows
+skipped before any run starts. The deployment path is exercised in test_flow_e2e.py."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+
+import pytest
+from flow_helpers import BANDS, WORLD_BBOX
+from flows.backfill import backfill, window_parameters
+from flows.ingest import ingest
+from flows.params import IngestRequest, RunOptions
+from flows.windows import DateWindow
+from prefect.utilities.schema_tools.validation import is_valid
+
+from scenestore.layout import scene_path
+from scenestore.stac import StacStoreManager
+
+pytestmark = pytest.mark.usefixtures("prefect_results")
+
+
+def child_runs(state) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(
+                    any_=[state.state_details.flow_run_id]
+                )
+            )
+        )
+
+
+def test_backfill_runs_one_ingest_per_window_and_skips_complete_windows(world, http, store):
+    params = {"store": str(store), "start": date(2024, 6, 1), "end": date(2024, 6, 14),
+              "bbox": WORLD_BBOX, "bands": BANDS, "stac_url": world.stac_url,
+              "window_unit": "week", "deployment": None}
+    first = backfill(**params, return_state=True)
+
+    assert first.is_completed(), first.message
+    assert first.result() == {"windows": {"2024-06-01..2024-06-07": "Completed",
+                                          "2024-06-08..2024-06-14": "Completed"}}
+    assert sorted(r.parameters["start"] for r in child_runs(first)) == ["2024-06-01",
+                                                                        "2024-06-08"]
+    mgr = StacStoreManager(BANDS, store, stac_url=world.stac_url)
+    assert all(mgr.complete(mgr.identifier(i)) for i in world.items)
+
+    http.reset_stats()
+    again = backfill(**params, return_state=True)
+
+    assert again.result() == {"windows": {"2024-06-01..2024-06-07": "complete",
+                                          "2024-06-08..2024-06-14": "complete"}}
+    assert child_runs(again) == [] and http.requests() == []
+
+    # Break a scene of the second window (its stored band lies on another tile's grid): only
+    # that window runs again, fails, and the backfill names it.
+    late = next(i for i in world.items if i.datetime.date() >= date(2024, 6, 8))
+    tile = late.properties["grid:code"]
+    other = next(i for i in world.items if i.properties["grid:code"] != tile)
+    shutil.rmtree(scene_path(store, mgr.identifier(late)))
+    b04 = StacStoreManager(["B04"], store, stac_url=world.stac_url)
+    b04.save_to_store(b04.download_scene_from_source(other, ["B04"]), mgr.identifier(late))
+    third = backfill(**params, return_state=True)
+
+    assert third.is_failed()
+    assert third.message.startswith("1 of 2 windows failed: 2024-06-08..2024-06-14 (Failed: ")
+    assert mgr.identifier(late) in third.message and "retry the failed window" in third.message
+    assert [r.parameters["start"] for r in child_runs(third)] == ["2024-06-08"]
+
+
+def test_window_parameters_are_what_the_ingest_deployment_takes():
+    request = IngestRequest.parse(store="/s", bbox=WORLD_BBOX, start=date(2024, 6, 1),
+                                  end=date(2024, 6, 30), bands=["SCL", "B04"], tiles=["39QTA"])
+    params = window_parameters(request, DateWindow(date(2024, 6, 8), date(2024, 6, 14)),
+                               RunOptions(max_in_flight=3))
+    assert params["start"] == "2024-06-08" and params["end"] == "2024-06-14"
+    assert params["bbox"] == WORLD_BBOX and params["options"]["max_in_flight"] == 3
+    # Every key is a parameter of the ingest flow; the values pass the schema check the
+    # server makes when a deployment run is created, and the flow's own validation.
+    assert set(params) <= set(ingest.parameters.properties)
+    assert is_valid(params, ingest.parameters.model_dump())
+    assert ingest.validate_parameters(params)["start"] == date(2024, 6, 8)
