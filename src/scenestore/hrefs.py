@@ -236,8 +236,8 @@ def s3_credential_source(
         return f"AWS profile {profile or 'default'!r}"
     raise SourceError(
         "No S3 credentials found; expected AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
-        "environment or an AWS profile in ~/.aws/credentials (for CDSE: keys from "
-        "https://eodata-s3keysmanager.dataspace.copernicus.eu)."
+        "environment or an AWS profile in ~/.aws/credentials (for CDSE: the S3 keys generated "
+        "for your Copernicus Data Space Ecosystem account)."
     )
 
 
@@ -278,6 +278,22 @@ def s3_buckets(hrefs: Iterable[str]) -> set[str]:
     return {urlsplit(h).netloc for h in hrefs if h.startswith("s3://")}
 
 
+def forget_s3_reads(hrefs: Iterable[str]) -> None:
+    """Make GDAL forget what it cached of ``s3://`` hrefs, failed opens included.
+
+    A read that failed (say, before the right credentials were set) is otherwise answered from
+    GDAL's cache without a request, as is a changed object.
+    """
+    from scenestore.gdal import _libgdal
+
+    lib = _libgdal()
+    if lib is None:
+        return
+    for href in hrefs:
+        if href.startswith("s3://"):
+            lib.VSICurlPartialClearCache(f"/vsis3/{href[5:]}".encode())
+
+
 def _set_path_options(prefix: str, options: Mapping[str, str]) -> None:
     from scenestore.gdal import _libgdal
 
@@ -301,6 +317,7 @@ __all__ = [
     "S3Access",
     "Signer",
     "configure_s3",
+    "forget_s3_reads",
     "refresh_planetary_computer",
     "s3_buckets",
     "s3_credential_source",

@@ -20,6 +20,7 @@ import logging
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -39,14 +40,17 @@ from scenestore.storage import (
     fingerprint,
     fit_encodings,
     open_scene,
+    prepare_staging,
     promote_staged,
-    staged_array,
     write_bands,
 )
 
 logger = logging.getLogger(__name__)
 
 SceneItem = TypeVar("SceneItem")
+
+#: Bands of one scene written at once (each streams its own chunks with dask).
+BANDS_IN_FLIGHT = 4
 
 #: Seconds a writer waits for another writer of the same scene before giving up.
 LOCK_TIMEOUT_S = 3600.0
@@ -187,20 +191,32 @@ class StoreManager(ABC, Generic[SceneItem]):
             self.ingest(item)
         return self._open(identifier)
 
-    def open(self, item: str | SceneItem, *, eager: bool = False) -> xr.Dataset:
+    def open(
+        self, item: str | SceneItem, *, eager: bool = False, harmonize: bool = False
+    ) -> xr.Dataset:
         """Open a complete scene from the store only; never touches the network.
 
         Args:
             item: The scene, as an id string or an item.
             eager: Load all bands into memory (stored dtypes are kept) instead of lazily.
+            harmonize: Turn reflectance bands into float32 reflectance with each band's stored
+                ``scale``/``offset`` (nodata becomes NaN); SCL is kept as stored. See
+                :mod:`scenestore.reflectance`.
 
         Raises:
             StoreRequiredError: If the manager has no store.
             SceneNotFoundError: If the scene is not stored.
             IncompleteSceneError: If a band of ``self.bands`` is missing.
+            InvalidRequestError: If ``harmonize`` and a reflectance band lacks scale/offset.
         """
         self._require_store("open")
-        return self._open(self.identifier(item), eager=eager)
+        ds = self._open(self.identifier(item), eager=eager and not harmonize)
+        if not harmonize:
+            return ds
+        from scenestore.reflectance import harmonize as to_reflectance
+
+        ds = to_reflectance(ds)
+        return ds.load() if eager else ds
 
     def save_to_store(self, dataset: xr.Dataset, identifier: str) -> None:
         """Save the bands of ``dataset`` as scene ``identifier``.
@@ -252,38 +268,54 @@ class StoreManager(ABC, Generic[SceneItem]):
             # New scene, or leftovers of a writer killed before its first commit.
             create_scene(scene, dataset)
         clear_staging(scene)
-        try:
-            write_bands(scene, dataset, encodings)
-        except ScenestoreError:
-            raise
-        except Exception as err:
+        prepare_staging(scene)
+        # Each band is written and committed on its own, several at a time: a failed read
+        # costs only its band, so a retry fetches what is still missing, not the whole scene.
+        written, errors = 0, []
+        with ThreadPoolExecutor(
+            max_workers=min(len(bands), BANDS_IN_FLIGHT), thread_name_prefix="band"
+        ) as pool:
+            futures = [
+                pool.submit(self._write_band, scene, dataset, band, encodings[band])
+                for band in bands
+            ]
+            for future in futures:
+                try:
+                    written += future.result()
+                except Exception as err:  # collected: the other bands still finish and commit
+                    errors.append(err)
+        clear_staging(scene)
+        if errors:
+            err = errors[0]
+            if isinstance(err, ScenestoreError):
+                raise err
             # Lazy datasets fetch while writing, so source failures surface here.
             raise self.translate_error(err, identifier) from err
-        written = 0
-        for band in bands:
-            # Fingerprint the staged copy: promotion is a rename, the bytes do not change.
-            print_ = fingerprint(staged_array(scene, band))
-            drop_commit(scene, band)
-            promote_staged(scene, band)
-            enc = encodings[band]
-            shape = tuple(int(n) for n in dataset[band].shape)
-            write_commit(
-                scene,
-                CommitRecord(
-                    band=band,
-                    shape=shape,
-                    chunks=tuple(int(c) for c in enc.get("chunks", shape)),
-                    dtype=str(enc.get("dtype", dataset[band].dtype)),
-                    source=dataset[band].attrs.get("source"),
-                    chunk_count=print_.chunk_count,
-                    nbytes=print_.nbytes,
-                    checksum=print_.checksum,
-                ),
-            )
-            written += print_.nbytes
-        clear_staging(scene)
         logger.info("Stored %s bands %s (%d bytes)", identifier, bands, written)
         return written
+
+    def _write_band(self, scene: Path, dataset: xr.Dataset, band: str, enc: dict) -> int:
+        """Stage, fingerprint, promote and commit one band; return its bytes on disk."""
+        staged = write_bands(scene, dataset[[band]], {band: enc})
+        # Fingerprint the staged copy: promotion is a rename, the bytes do not change.
+        print_ = fingerprint(staged)
+        drop_commit(scene, band)
+        promote_staged(scene, band)
+        shape = tuple(int(n) for n in dataset[band].shape)
+        write_commit(
+            scene,
+            CommitRecord(
+                band=band,
+                shape=shape,
+                chunks=tuple(int(c) for c in enc.get("chunks", shape)),
+                dtype=str(enc.get("dtype", dataset[band].dtype)),
+                source=dataset[band].attrs.get("source"),
+                chunk_count=print_.chunk_count,
+                nbytes=print_.nbytes,
+                checksum=print_.checksum,
+            ),
+        )
+        return print_.nbytes
 
     def check_writable(self) -> Path:
         """Check, before any download, that the store can be created and written to.

@@ -4,14 +4,19 @@ Profiles are data. Parsing an item against a profile (:func:`asset_key`, :func:`
 :func:`tile_of`, :func:`processing_baseline`, :func:`generation_time`) is pure and needs no
 network.
 
-=====================  =====================================  ==========  ============  ===========
-profile                STAC API / collection                  id prefix   CRS           hrefs
-=====================  =====================================  ==========  ============  ===========
-``earth-search``       Earth Search v1 ``sentinel-2-l2a``     es-l2a      item          public COGs
-``earth-search-c1``    Earth Search v1 ``sentinel-2-c1-l2a``  es-c1l2a    item          public COGs
-``planetary-computer`` Planetary Computer ``sentinel-2-l2a``  pc-l2a      item          SAS-signed
-``cdse``               CDSE ``sentinel-2-l2a``                cdse-l2a    each asset    s3://eodata
-=====================  =====================================  ==========  ============  ===========
+* ``earth-search`` (the default): Earth Search v1 ``sentinel-2-l2a``; prefix ``es-l2a``; CRS
+  on the item; public COGs (lowercase common-name keys, ``-jp2`` twins ignored).
+* ``earth-search-c1``: Earth Search v1 ``sentinel-2-c1-l2a``; prefix ``es-c1l2a``; CRS on the
+  item; public COGs, same keys.
+* ``planetary-computer``: Planetary Computer ``sentinel-2-l2a``; prefix ``pc-l2a``; CRS on the
+  item; ``B04``/``SCL`` keys; hrefs SAS-signed (:mod:`scenestore.hrefs`).
+* ``cdse``: Copernicus Data Space ``sentinel-2-l2a``; prefix ``cdse-l2a``; CRS (``proj:code``)
+  on each asset; ``B04_10m``/``SCL_20m`` keys; JPEG 2000 on ``s3://eodata`` read with S3
+  credentials from the environment or an AWS profile.
+
+Identifiers are ``<id_prefix>_<item id>``: the prefix is unique per provider and collection,
+so the same acquisition from two providers (or from Earth Search's two collections) is two
+scenes that never overwrite each other.
 """
 
 from __future__ import annotations

@@ -143,4 +143,3 @@ __all__ = [
     "redact",
     "strip_query",
 ]
-

@@ -164,8 +164,9 @@ def harmonize(ds: xr.Dataset) -> xr.Dataset:
             if spec is None:
                 continue
             raise InvalidRequestError(
-                f"Band {name!r} has no {SCALE_ATTR!r}/{OFFSET_ATTR!r} attributes, so harmonize=True "
-                f"cannot turn it into reflectance (it has {sorted(var.attrs)}); expected a band "
+                f"Band {name!r} has no {SCALE_ATTR!r}/{OFFSET_ATTR!r} attributes, so "
+                f"harmonize=True cannot make it reflectance (it has {sorted(var.attrs)}); "
+                "expected a band "
                 "stored by this scenestore version (delete and download it again)."
             )
         scale = np.float32(var.attrs[SCALE_ATTR])
@@ -174,8 +175,9 @@ def harmonize(ds: xr.Dataset) -> xr.Dataset:
         values = var.astype(np.float32) * scale + offset
         if nodata is not None:
             values = values.where(var != nodata)
-        attrs = {k: v for k, v in var.attrs.items() if k not in (SCALE_ATTR, OFFSET_ATTR)}
-        attrs.update({"nodata": float("nan"), "units": "1", "harmonized_from_dn": True})
+        dropped = (SCALE_ATTR, OFFSET_ATTR, "nodata")
+        attrs = {k: v for k, v in var.attrs.items() if k not in dropped}
+        attrs.update({"units": "1", "harmonized_from_dn": True})
         out[name] = values.assign_attrs(attrs)
     return out
 

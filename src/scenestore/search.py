@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,15 @@ from shapely.geometry import box, mapping, shape
 
 from scenestore.aoi import BBox, BBoxLike, check_date_range, parse_bbox, parse_date, parse_geojson
 from scenestore.errors import InvalidRequestError, SourceError, TransientSourceError
-from scenestore.profiles import Profile, get_profile, normalize_tile, tile_of
+from scenestore.profiles import (
+    Profile,
+    generation_time,
+    get_profile,
+    normalize_tile,
+    parse_time,
+    processing_baseline,
+    tile_of,
+)
 from scenestore.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -192,11 +200,15 @@ def select_items(items: Sequence[pystac.Item], query: SceneQuery) -> list[pystac
         tile = tile_of(item.to_dict(transform_hrefs=False)) or ""
         if query.tiles and tile not in query.tiles:
             continue
-        key = (tile, str(props.get("datetime")))
+        sensed = parse_time(props.get("datetime"))
+        key = (tile, sensed.isoformat() if sensed else str(props.get("datetime")))
         if key in kept:
             older, newer = sorted((kept[key], item), key=_recency)
             logger.info(
-                "Dropped duplicate %s of %s (same tile and sensing time)", older.id, newer.id
+                "Dropped duplicate %s of %s (same tile and sensing time; kept %s)",
+                older.id,
+                newer.id,
+                _describe_recency(newer),
             )
             kept[key] = newer
         else:
@@ -204,11 +216,24 @@ def select_items(items: Sequence[pystac.Item], query: SceneQuery) -> list[pystac
     return sorted(kept.values(), key=lambda i: (str(i.properties.get("datetime")), i.id))
 
 
-def _recency(item: pystac.Item) -> tuple[str, str]:
-    props = item.properties
-    baseline = str(props.get("s2:processing_baseline") or props.get("processing:version") or "")
-    generated = str(props.get("s2:generation_time") or props.get("updated") or "")
-    return (baseline, generated)
+def _recency(item: pystac.Item) -> tuple[tuple[int, int], datetime, str]:
+    """Newest baseline first, then newest generation, then the id (for a stable order).
+
+    Baselines compare as numbers and times as times: ``"05.10"`` from ``processing:version``
+    and ``N0510`` from an id are the same baseline; ``s2:generation_time`` and CDSE's
+    ``processing:datetime`` are in different formats (see :func:`generation_time`).
+    """
+    item_dict = {"id": item.id, "properties": item.properties}
+    baseline = processing_baseline(item_dict) or (-1, -1)
+    generated = generation_time(item_dict) or datetime.min.replace(tzinfo=UTC)
+    return (baseline, generated, item.id)
+
+
+def _describe_recency(item: pystac.Item) -> str:
+    (major, minor), generated, _ = _recency(item)
+    baseline = f"baseline {major:02d}.{minor:02d}" if major >= 0 else "unknown baseline"
+    when = generated.isoformat() if generated.year > 1 else "unknown"
+    return f"{baseline}, generated {when}"
 
 
 def _server_filters(client: Any, query: SceneQuery) -> dict[str, Any]:

@@ -7,6 +7,7 @@ and in chunks that match the stored zarr chunks, so a scene streams to disk chun
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pystac
@@ -24,11 +25,13 @@ from scenestore.errors import (
 )
 from scenestore.gdal import clear_http_cache, configure_gdal
 from scenestore.grid import coarsen, plan_reads, scene_geobox, upsample
+from scenestore.hrefs import S3Access, configure_s3, forget_s3_reads, s3_buckets, signed_href
 from scenestore.ids import validate_identifier
 from scenestore.layout import choose_chunk
-from scenestore.manager import StoreManager
-from scenestore.profiles import Profile, epsg_of, get_profile, require_utm
-from scenestore.redact import redact, strip_query
+from scenestore.manager import IngestResult, StoreManager
+from scenestore.profiles import Profile, get_profile, require_utm
+from scenestore.redact import install_log_redaction, redact, strip_query
+from scenestore.reflectance import reflectance_of
 from scenestore.search import api_error, unreachable
 from scenestore.storage import json_safe
 
@@ -68,6 +71,8 @@ class StacStoreManager(StoreManager[pystac.Item]):
         self.stac_url = stac_url or self.profile.stac_url
         self.chunk_size = chunk_size
         self.clevel = clevel
+        # GDAL (through rasterio) logs the URLs it opens; signed ones carry tokens.
+        install_log_redaction()
 
     # -- identifiers --------------------------------------------------------------------------
 
@@ -136,7 +141,18 @@ class StacStoreManager(StoreManager[pystac.Item]):
             return err
         text = redact(str(err))
         status = _http_status(text)
+        if status is None and _S3_DENIED.search(text):
+            status = 403  # GDAL reports S3's error message, not its status
         cls = SourceError if status in (400, 401, 403, 404) else TransientSourceError
+        if status == 403 and self.profile.signing is not None:
+            # A signed href refused mid-read: its token expired or was revoked. Signing again
+            # (the next attempt, see ingest) fixes that, so it is transient.
+            return TransientSourceError(
+                f"Reading scene {identifier!r} failed: the asset server refused a signed href "
+                f"(HTTP 403): {text[:300]}; expected a valid token (hrefs are signed again on "
+                "the next attempt).",
+                status=status,
+            )
         if cls is TransientSourceError:
             # GDAL caches the failed open; without this a retry fails without a request.
             clear_http_cache()
@@ -201,7 +217,7 @@ class StacStoreManager(StoreManager[pystac.Item]):
                     f"{self.profile.name!r} asset keys (it has {present}...)."
                 )
         item_dict = item.to_dict(transform_hrefs=False)
-        epsg = require_utm(item.id, epsg_of(item_dict, list(keys.values())))
+        epsg = require_utm(item.id, self.profile.epsg(item_dict, list(keys.values())))
         return scene_geobox(item_dict, list(keys.values()), epsg)
 
     def download_scene_from_source(self, item: str | pystac.Item, bands: list[str]) -> xr.Dataset:
@@ -221,8 +237,10 @@ class StacStoreManager(StoreManager[pystac.Item]):
         item_dict = stac_item.to_dict(transform_hrefs=False)
         chunk = self.chunk_size or choose_chunk(max(geobox.shape))
         configure_gdal()
+        readable = self.readable_hrefs([stac_item.assets[key].href for key in keys.values()])
         # Asked to download means asked to read the source: not GDAL's in-process cache.
-        clear_http_cache([stac_item.assets[key].href for key in keys.values()])
+        clear_http_cache(list(readable.values()))
+        forget_s3_reads(readable.values())
         import odc.stac
 
         def load(group: dict[str, str], grid: GeoBox, edge: int) -> xr.Dataset:
@@ -242,6 +260,7 @@ class StacStoreManager(StoreManager[pystac.Item]):
                 chunks={"x": edge, "y": edge},
                 stac_cfg=stac_cfg,
                 groupby="id",
+                patch_url=lambda href: readable.get(href, href),
             )
             part = part.rename({key: b for b, key in group.items()})
             return part.isel(time=0, drop=True) if "time" in part.dims else part
@@ -267,18 +286,65 @@ class StacStoreManager(StoreManager[pystac.Item]):
         )
         for band, key in keys.items():
             asset = stac_item.assets[key]
-            raster = (asset.extra_fields.get("raster:bands") or [{}])[0]
+            # raw DNs are stored; scale/offset record how they become reflectance
+            to_reflectance = (
+                reflectance_of(item_dict, item_dict["assets"][key]).attrs()
+                if BAND_SPECS[band].is_reflectance
+                else {}
+            )
             ds[band].attrs = json_safe(
                 {
                     "source": strip_query(asset.href),
                     "asset_key": key,
                     "nodata": BAND_SPECS[band].nodata,
                     "native_resolution": BAND_SPECS[band].resolution,
-                    **({"scale": raster["scale"]} if "scale" in raster else {}),
-                    **({"offset": raster["offset"]} if "offset" in raster else {}),
+                    **to_reflectance,
                 }
             )
         return ds
+
+    def readable_hrefs(self, hrefs: list[str]) -> dict[str, str]:
+        """Return the href GDAL reads for each asset href, as the profile makes them readable.
+
+        Signed profiles sign each href (again, while its token would expire before the reads
+        are done); ``s3://`` hrefs get the profile's endpoint options for their buckets.
+
+        Raises:
+            SourceError: If signing fails or no S3 credentials can be found.
+        """
+        buckets = s3_buckets(hrefs)
+        if buckets:
+            configure_s3(self.profile.s3 or S3Access(), buckets)
+        signing = self.profile.signing
+        if signing is None:
+            return {href: href for href in hrefs}
+        return {href: signed_href(href, signing) for href in hrefs}
+
+    def ingest(self, item: str | pystac.Item) -> IngestResult:
+        """Like :meth:`StoreManager.ingest`; a signed href refused mid-read is signed again.
+
+        A token can expire, or be revoked, while a scene is read. Nothing half-written is ever
+        committed, so one more attempt with fresh tokens is safe; it reads only the bands that
+        are still missing. (``load(force=True)`` and datasets returned without a store are not
+        retried: they fail with a :class:`TransientSourceError` with status 403.)
+        """
+        try:
+            return super().ingest(item)
+        except TransientSourceError as err:
+            if err.status != 403 or self.profile.signing is None:
+                raise
+            logger.warning(
+                "Signed hrefs of %s were refused (HTTP 403); signing again with a fresh token",
+                self.identifier(item),
+            )
+            self.profile.signing.refresh_tokens()
+            return super().ingest(item)
+
+
+#: S3 error codes and messages that mean "these credentials may not read this object".
+_S3_DENIED = re.compile(
+    r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Access Key Id you provided"
+)
 
 
 def _http_status(text: str) -> int | None:

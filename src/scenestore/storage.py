@@ -106,34 +106,39 @@ def check_grid(scene: Path, ds: xr.Dataset, *, identifier: str) -> None:
         )
 
 
-def write_bands(scene: Path, ds: xr.Dataset, encodings: dict[str, dict]) -> list[str]:
-    """Write band arrays into the scene's staging group, streaming dask chunks to disk.
+def prepare_staging(scene: Path) -> None:
+    """Create the staging group, once, before bands are staged into it concurrently."""
+    zarr.open_group(scene / STAGING_DIR, mode="a", zarr_format=3)
 
-    Only band variables are written; the stored x/y/spatial_ref are kept as they are. Nothing
-    under a band's own name changes here: :func:`promote_staged` moves the finished arrays into
-    place, so a failed or killed download never damages a band that was already stored.
+
+def write_bands(scene: Path, ds: xr.Dataset, encodings: dict[str, dict]) -> Path:
+    """Write one band array into its own staging group, streaming dask chunks to disk.
+
+    Only the band variable is written; the stored x/y/spatial_ref are kept as they are.
+    Nothing under the band's own name changes here: :func:`promote_staged` moves the finished
+    array into place, so a failed or killed download never damages a band already stored.
 
     Returns:
-        The band names written to staging.
+        The staged array directory.
     """
-    bands = band_names(ds)
-    payload = ds[bands].drop_vars([v for v in (*GRID_VARS, "time") if v in ds.coords])
+    (band,) = band_names(ds)
+    payload = ds[[band]].drop_vars([v for v in (*GRID_VARS, "time") if v in ds.coords])
     payload.attrs = {}
-    for band in bands:
-        payload[band].attrs = json_safe(dict(payload[band].attrs))
-        payload[band].attrs["grid_mapping"] = "spatial_ref"
-        payload[band].encoding = {}
-    shutil.rmtree(scene / STAGING_DIR, ignore_errors=True)
+    payload[band].attrs = json_safe(dict(payload[band].attrs))
+    payload[band].attrs["grid_mapping"] = "spatial_ref"
+    payload[band].encoding = {}
+    group = f"{STAGING_DIR}/{band}"
+    shutil.rmtree(scene / group, ignore_errors=True)
     payload.to_zarr(
         scene,
-        group=STAGING_DIR,
+        group=group,
         mode="w",
         consolidated=False,
         zarr_format=3,
-        encoding={b: encodings[b] for b in bands},
+        encoding={band: encodings[band]},
         compute=True,
     )
-    return bands
+    return staged_array(scene, band)
 
 
 def promote_staged(scene: Path, band: str) -> None:
@@ -141,7 +146,7 @@ def promote_staged(scene: Path, band: str) -> None:
     target = scene / band
     if target.exists():
         shutil.rmtree(target)
-    (scene / STAGING_DIR / band).rename(target)
+    staged_array(scene, band).rename(target)
 
 
 def clear_staging(scene: Path) -> None:
@@ -186,7 +191,7 @@ def fingerprint(array_dir: Path) -> Fingerprint:
 
 def staged_array(scene: Path, band: str) -> Path:
     """The staging directory of a band being written."""
-    return scene / STAGING_DIR / band
+    return scene / STAGING_DIR / band / band
 
 
 def remove_arrays(scene: Path, bands: list[str]) -> None:
