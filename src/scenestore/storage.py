@@ -112,33 +112,46 @@ def prepare_staging(scene: Path) -> None:
 
 
 def write_bands(scene: Path, ds: xr.Dataset, encodings: dict[str, dict]) -> Path:
-    """Write one band array into its own staging group, streaming dask chunks to disk.
+    """Write one band array into the staging group, streaming dask chunks to disk.
 
-    Only the band variable is written; the stored x/y/spatial_ref are kept as they are.
-    Nothing under the band's own name changes here: :func:`promote_staged` moves the finished
-    array into place, so a failed or killed download never damages a band already stored.
+    The array is created with zarr directly (xarray's ``to_zarr`` costs tens of milliseconds
+    per call, which small scenes pay 13 times); its metadata is what xarray writes and reads:
+    ``dimension_names`` y/x and the band's attributes. Nothing under the band's own name
+    changes here: :func:`promote_staged` moves the finished array into place, so a failed or
+    killed download never damages a band already stored.
 
     Returns:
         The staged array directory.
     """
+    import dask.array as da
+    from zarr.storage import LocalStore
+
     (band,) = band_names(ds)
-    payload = ds[[band]].drop_vars([v for v in (*GRID_VARS, "time") if v in ds.coords])
-    payload.attrs = {}
-    payload[band].attrs = json_safe(dict(payload[band].attrs))
-    payload[band].attrs["grid_mapping"] = "spatial_ref"
-    payload[band].encoding = {}
-    group = f"{STAGING_DIR}/{band}"
-    shutil.rmtree(scene / group, ignore_errors=True)
-    payload.to_zarr(
-        scene,
-        group=group,
-        mode="w",
-        consolidated=False,
+    var = ds[band]
+    enc = encodings[band]
+    attrs = json_safe(dict(var.attrs))
+    attrs["grid_mapping"] = "spatial_ref"
+    target = staged_array(scene, band)
+    shutil.rmtree(target, ignore_errors=True)
+    array = zarr.create_array(
+        store=LocalStore(scene / STAGING_DIR),
+        name=band,
+        shape=var.shape,
+        dtype=enc.get("dtype", var.dtype),
+        chunks=tuple(enc.get("chunks") or var.shape),
+        fill_value=enc.get("fill_value", 0),
+        compressors=enc.get("compressors", "auto"),
+        attributes=attrs,
+        dimension_names=[str(d) for d in var.dims],
         zarr_format=3,
-        encoding={band: encodings[band]},
-        compute=True,
     )
-    return staged_array(scene, band)
+    data = var.data
+    if isinstance(data, da.Array):
+        # Chunks are aligned with the zarr chunks, so tasks write whole chunks without a lock.
+        da.store(data.astype(array.dtype), array, lock=False, compute=True)
+    else:
+        array[...] = np.asarray(data, dtype=array.dtype)
+    return target
 
 
 def promote_staged(scene: Path, band: str) -> None:
@@ -191,7 +204,7 @@ def fingerprint(array_dir: Path) -> Fingerprint:
 
 def staged_array(scene: Path, band: str) -> Path:
     """The staging directory of a band being written."""
-    return scene / STAGING_DIR / band / band
+    return scene / STAGING_DIR / band
 
 
 def remove_arrays(scene: Path, bands: list[str]) -> None:
