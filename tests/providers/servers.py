@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from scenestore.world.remote import stop_process
 from scenestore.world.server import free_port, rustac_executable, search_all
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -191,12 +192,7 @@ def rustac_api(
             delay = min(2 * delay, 0.25)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
         log.close()
 
 

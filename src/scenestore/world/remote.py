@@ -251,12 +251,7 @@ class WorldServers:
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                process.terminate()
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=5)
+                stop_process(process)
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
@@ -430,3 +425,15 @@ if __name__ == "__main__":
 
 
 __all__ = ["RemoteTraffic", "WorldServers", "main"]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)

@@ -37,7 +37,7 @@ from scenestore.errors import SourceError
 from scenestore.world.faults import FaultPlan
 from scenestore.world.items import COLLECTION_ID
 from scenestore.world.manifest import WorldManifest, generate_world
-from scenestore.world.remote import RemoteTraffic, WorldServers
+from scenestore.world.remote import RemoteTraffic, WorldServers, stop_process
 
 # loopback only: never route these requests through a proxy from the environment
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -252,7 +252,7 @@ class OfflineWorld:
                     stderr=subprocess.STDOUT,
                 )
             self._process = process
-            stack.callback(_stop_process, process)
+            stack.callback(stop_process, process)
             self.servers.adopt(process.pid)  # no orphan rustac if this process is killed
             self.servers.set_upstream(f"http://127.0.0.1:{port}")
             try:
@@ -262,7 +262,7 @@ class OfflineWorld:
                 log_text = log_path.read_text(errors="replace")
                 if attempt == 2 or "in use" not in log_text.lower():
                     raise
-                _stop_process(process)  # someone took the port in between: try another
+                stop_process(process)  # someone took the port in between: try another
 
     def _wait_until_searchable(
         self, process: subprocess.Popen[bytes], log_path: Path
@@ -328,15 +328,6 @@ def _fetch_json(link: dict[str, Any], timeout: float) -> dict[str, Any]:
         ) from err
 
 
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 def serve_forever(
