@@ -226,5 +226,7 @@ def test_ingest_runs_scenes_on_a_dask_cluster(world, ingest_params, store):
     ran_on = [t["worker"] for t in stream.data if str(t["key"]).startswith("store_scene-")]
     assert len(ran_on) == 4 and set(ran_on) <= workers
     # The pixel reads the task triggers also run on the cluster's workers.
-    reads = [t["worker"] for t in stream.data if "open-" in str(t["key"])]
-    assert len(reads) == 8 and set(reads) <= workers
+    # A scene's pixel work runs inside the worker process that runs its store_scene task (the
+    # library writes bands from its own threads with dask's local scheduler), so no pixels
+    # travel between workers and nothing else is scheduled on the cluster.
+    assert {str(t["key"]).split("-")[0] for t in stream.data} == {"store_scene"}
