@@ -147,6 +147,9 @@ def ingest(
         ALL_BANDS
     ),
     parallel: Annotated[int, typer.Option("--parallel", help="Scenes in flight at once.")] = 2,
+    retries: Annotated[
+        int, typer.Option("--retries", help="Further attempts after a transient failure.")
+    ] = 4,
     item_files: Annotated[
         list[Path] | None,
         typer.Option("--item", help="Ingest this STAC item JSON file instead of searching."),
@@ -160,6 +163,8 @@ def ingest(
     band_list = normalize_bands(bands)
     if parallel < 1:
         raise InvalidRequestError(f"--parallel {parallel} is below 1; expected a positive number.")
+    if retries < 0:
+        raise InvalidRequestError(f"--retries {retries} is negative; expected 0 or more.")
     manager = StacStoreManager(band_list, store, profile=profile, stac_url=stac_url)
     if item_files:
         if any(v is not None for v in (start, end, bbox, aoi, max_cloud, tiles)):
@@ -193,6 +198,7 @@ def ingest(
             manager,
             items,
             max_workers=parallel,
+            retries=retries,
             on_result=lambda r: progress.update(task, advance=1, description=r.identifier),
         )
     elapsed = time.perf_counter() - started
