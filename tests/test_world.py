@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.windows import Window
 
+from providers.recorded import fixture
 from scenestore.bands import ALL_BANDS, BAND_SPECS
 from scenestore.errors import InvalidRequestError
 from scenestore.world import (
@@ -41,19 +42,13 @@ from scenestore.world import (
     resolve_size,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "earth-search"
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MAX_RETRY": "0"}
 ID_PATTERN = re.compile(r"^S2[AB]_\d{2}[C-X][A-Z]{2}_\d{8}_0_L2A$")
 
 
 def es_fixture(name: str) -> dict:
     """A recorded Earth Search document from the shared fixtures."""
-    path = FIXTURES / name
-    if not path.is_file():
-        if os.environ.get("CI"):  # CI has shared/ beside the clone: missing means broken
-            pytest.fail(f"recorded fixture {path} is missing")
-        pytest.skip(f"recorded fixture {path} is not available")
-    return json.loads(path.read_text())
+    return json.loads(fixture(f"earth-search/{name}").read_text())
 
 
 @pytest.fixture(scope="session")
