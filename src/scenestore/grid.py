@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import dask.array as da
+import numpy as np
 import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
@@ -113,10 +113,27 @@ def coarsen(geobox: GeoBox, factor: int) -> GeoBox:
 
 
 def upsample(ds: xr.Dataset, factor: int, geobox: GeoBox) -> xr.Dataset:
-    """Repeat each native pixel ``factor`` x ``factor`` times onto the 10 m ``geobox`` (lazy)."""
+    """Repeat each native pixel ``factor`` x ``factor`` times onto the 10 m ``geobox`` (lazy).
+
+    Each native block becomes one 10 m block ``factor`` times its size, so native chunks of
+    ``chunk // factor`` pixels give 10 m chunks of exactly ``chunk`` pixels: the result is
+    already aligned with the stored zarr chunks and needs no rechunking. (``dask.array.repeat``
+    splits every block into slabs and concatenates them again, which costs more graph work
+    than the repetition itself on small scenes.)
+    """
     coords = xr_coords(geobox, crs_coord_name="spatial_ref")
     out = {}
     for name, var in ds.data_vars.items():
-        data = da.repeat(da.repeat(var.data, factor, axis=-2), factor, axis=-1)
+        src = var.data
+        chunks = tuple(
+            tuple(c * factor for c in dim) if axis >= src.ndim - 2 else dim
+            for axis, dim in enumerate(src.chunks)
+        )
+        data = src.map_blocks(_repeat_block, factor, chunks=chunks, dtype=src.dtype)
         out[name] = xr.DataArray(data, dims=var.dims, attrs=var.attrs)
     return xr.Dataset(out, coords=coords, attrs=ds.attrs)
+
+
+def _repeat_block(block: np.ndarray, factor: int) -> np.ndarray:
+    """One block, each pixel repeated ``factor`` times along the last two axes."""
+    return block.repeat(factor, axis=-2).repeat(factor, axis=-1)

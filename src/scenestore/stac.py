@@ -13,6 +13,7 @@ from pathlib import Path
 import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
+from odc.geo.xr import xr_coords
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from scenestore.bands import BAND_SPECS, normalize_bands
@@ -267,23 +268,15 @@ class StacStoreManager(StoreManager[pystac.Item]):
 
         # Bands whose native grid nests in the 10 m grid are read at native resolution and
         # repeated: exactly nearest resampling, without GDAL warping every block.
-        parts = []
+        arrays = {}
         for factor, group in plan_reads(item_dict, keys, geobox, chunk).items():
             if factor == 1:
-                parts.append(load(group, geobox, chunk))
+                part = load(group, geobox, chunk)
             else:
                 native = load(group, coarsen(geobox, factor), chunk // factor)
-                parts.append(upsample(native, factor, geobox))
-        ds = xr.merge(parts, compat="override", join="exact", combine_attrs="drop_conflicts")
-        ds = ds[list(keys)]
-        ds.attrs = json_safe(
-            {
-                **stac_item.properties,
-                "stac_id": stac_item.id,
-                "stac_collection": stac_item.collection_id,
-                "scenestore_profile": self.profile.name,
-            }
-        )
+                part = upsample(native, factor, geobox)
+            arrays.update({band: part[band] for band in group})
+        variables = {}
         for band, key in keys.items():
             asset = stac_item.assets[key]
             # raw DNs are stored; scale/offset record how they become reflectance
@@ -292,16 +285,27 @@ class StacStoreManager(StoreManager[pystac.Item]):
                 if BAND_SPECS[band].is_reflectance
                 else {}
             )
-            ds[band].attrs = json_safe(
-                {
-                    "source": strip_query(asset.href),
-                    "asset_key": key,
-                    "nodata": BAND_SPECS[band].nodata,
-                    "native_resolution": BAND_SPECS[band].resolution,
-                    **to_reflectance,
-                }
-            )
-        return ds
+            attrs = {
+                "source": strip_query(asset.href),
+                "asset_key": key,
+                "nodata": BAND_SPECS[band].nodata,
+                "native_resolution": BAND_SPECS[band].resolution,
+                **to_reflectance,
+            }
+            variables[band] = (arrays[band].dims, arrays[band].data, json_safe(attrs))
+        # Every part lies on the one 10 m geobox: its coordinates are built once, and the
+        # variables are put on them directly (an xarray merge would align the parts again).
+        attrs = {
+            **stac_item.properties,
+            "stac_id": stac_item.id,
+            "stac_collection": stac_item.collection_id,
+            "scenestore_profile": self.profile.name,
+        }
+        return xr.Dataset(
+            variables,
+            coords=xr_coords(geobox, crs_coord_name="spatial_ref"),
+            attrs=json_safe(attrs),
+        )
 
     def readable_hrefs(self, hrefs: list[str]) -> dict[str, str]:
         """Return the href GDAL reads for each asset href, as the profile makes them readable.

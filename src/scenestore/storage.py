@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,12 +55,25 @@ def fit_encodings(encodings: dict[str, dict], ds: xr.Dataset) -> dict[str, dict]
 
 def align_chunks(ds: xr.Dataset, encodings: dict[str, dict]) -> xr.Dataset:
     """Rechunk dask-backed bands to their zarr chunks, so each task writes whole chunks."""
-    out = ds.copy()
+    out = ds
     for band in band_names(ds):
         chunks = encodings.get(band, {}).get("chunks")
-        if chunks and ds[band].chunks is not None:
-            out[band] = ds[band].chunk(dict(zip(ds[band].dims, chunks, strict=True)))
+        have = ds[band].chunks
+        if not chunks or have is None or _is_aligned(have, chunks, ds[band].shape):
+            continue  # an aligned band is left as it is: even a no-op rechunk costs graph work
+        if out is ds:
+            out = ds.copy()
+        out[band] = ds[band].chunk(dict(zip(ds[band].dims, chunks, strict=True)))
     return out
+
+
+def _is_aligned(have: tuple[tuple[int, ...], ...], chunks: tuple[int, ...], shape) -> bool:
+    """Whether dask chunks ``have`` are exactly the zarr chunk grid ``chunks`` over ``shape``."""
+    for dim_chunks, edge, size in zip(have, chunks, shape, strict=True):
+        full, rest = divmod(int(size), int(edge))
+        if tuple(dim_chunks) != (int(edge),) * full + ((rest,) if rest else ()):
+            return False
+    return True
 
 
 def create_scene(scene: Path, ds: xr.Dataset) -> None:
@@ -148,10 +163,35 @@ def write_bands(scene: Path, ds: xr.Dataset, encodings: dict[str, dict]) -> Path
     data = var.data
     if isinstance(data, da.Array):
         # Chunks are aligned with the zarr chunks, so tasks write whole chunks without a lock.
-        da.store(data.astype(array.dtype), array, lock=False, compute=True)
+        # An explicit local scheduler: dask's default would import distributed and, inside
+        # a Dask worker, hand each chunk back to the cluster from within a task.
+        da.store(
+            data.astype(array.dtype), array, lock=False, compute=True, scheduler=chunk_pool()
+        )
     else:
         array[...] = np.asarray(data, dtype=array.dtype)
     return target
+
+
+#: Chunks read, decoded and compressed at once across all bands being written. GDAL reads
+#: and Blosc release the GIL; more threads than cores keep the cores busy while requests wait.
+CHUNKS_IN_FLIGHT = 8
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def chunk_pool() -> ThreadPoolExecutor:
+    """The process-wide thread pool that reads and writes band chunks (created on first use).
+
+    One pool shared by every band being written bounds the work in flight (and so memory and
+    open requests) however many bands and scenes are written at once.
+    """
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=CHUNKS_IN_FLIGHT, thread_name_prefix="chunk")
+        return _pool
 
 
 def promote_staged(scene: Path, band: str) -> None:
