@@ -64,7 +64,7 @@ def chromium() -> str:
 def ui_server(tmp_path: Path) -> Iterator[PrefectServer]:
     """A real server with the UI, the project's deployments and a worker."""
     with running_server(tmp_path, ui=True) as server:
-        deployed = server.deploy_with_worker()
+        deployed = server.deploy_with_worker(pool_from_cli=False)
         assert all(name in deployed for name in DEPLOYMENTS), deployed
         yield server
 
@@ -107,6 +107,12 @@ def pick_date(page, name: str, day: date) -> None:
     calendar.locator(f'td[data-day="{day.isoformat()}"]:not([data-outside]) button').click()
 
 
+def show_run_graph(page) -> None:
+    """Wait until the run page's graph is drawn (its canvas mounted, two frames painted)."""
+    page.locator('[data-slot="card-content"] canvas').first.wait_for()
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
 def close_popup(page, popup) -> None:
     page.keyboard.press("Escape")
     popup.wait_for(state="hidden")
@@ -123,7 +129,9 @@ def test_backfill_from_the_custom_run_form_completes(ui_server, page, world, tmp
     opened = time.monotonic()
     page.goto(server.url + "/")
     page.get_by_role("link", name="Deployments").click()
-    page.get_by_role("link", name="backfill", exact=True).first.click()
+    # The list links each deployment and its flow, both named backfill: take the deployment.
+    page.locator('a[href*="/deployments/deployment/"]').filter(
+        has_text=re.compile(r"^backfill$")).first.click()
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Custom run").click()
     page.get_by_role("heading", name="Parameters").wait_for()
@@ -197,10 +205,12 @@ def test_backfill_from_the_custom_run_form_completes(ui_server, page, world, tmp
     server.wait_log(run_id, "Backfill done", deadline_s=30)
     page.reload()
     page.get_by_text("Backfill done").wait_for()
+    show_run_graph(page)
     page.screenshot(path=OUTPUT / "completed.png")
     page.get_by_role("tab", name="Subflow Runs").click()
     window_run = page.get_by_role("link", name=f"ingest {START}..{END}")
     window_run.wait_for()
+    show_run_graph(page)
     page.screenshot(path=OUTPUT / "completed-windows.png")
     print(f"\nUI screenshots in {OUTPUT}; form filled in {filled_s:.0f} s, run Completed in the "
           f"UI {ran_s:.0f} s after submit (run {run_id})")
