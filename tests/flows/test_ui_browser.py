@@ -63,9 +63,13 @@ def chromium() -> str:
 @pytest.fixture
 def ui_server(tmp_path: Path) -> Iterator[PrefectServer]:
     """A real server with the UI, the project's deployments and a worker."""
+    began = time.monotonic()
     with running_server(tmp_path, ui=True) as server:
+        healthy_s = time.monotonic() - began
         deployed = server.deploy_with_worker(pool_from_cli=False)
         assert all(name in deployed for name in DEPLOYMENTS), deployed
+        print(f"\nserver healthy in {healthy_s:.0f} s, deployed in "
+              f"{time.monotonic() - began - healthy_s:.0f} s more")
         yield server
 
 
