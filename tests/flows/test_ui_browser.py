@@ -122,7 +122,7 @@ def close_popup(page, popup) -> None:
     popup.wait_for(state="hidden")
 
 
-def test_backfill_from_the_custom_run_form_completes(ui_server, page, world, tmp_path):
+def test_backfill_from_the_custom_run_form_completes(chromium, ui_server, page, world, tmp_path):
     server = ui_server
     OUTPUT.mkdir(parents=True, exist_ok=True)
     for old in OUTPUT.glob("*.png"):
