@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV := $(PYTHON) -m uv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup browser demo test bench lint clean
 
 .venv/.synced: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet 'uv>=0.5'
@@ -17,7 +17,11 @@ setup: .venv/.synced
 demo: .venv/.synced
 	$(UV) run --frozen python scripts/demo.py
 
-test: .venv/.synced
+# Debian's chromium for the Prefect UI test (tests/flows/test_ui_browser.py), when missing.
+browser:
+	@bash scripts/install-browser.sh
+
+test: .venv/.synced browser
 	$(UV) run --frozen pytest -q
 
 bench: .venv/.synced
