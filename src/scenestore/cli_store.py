@@ -27,6 +27,8 @@ WaitOpt = Annotated[
 
 #: Exit code when some scenes were skipped because an ingest holds their lock.
 EXIT_SKIPPED = 1
+#: Longest edge of a quicklook unless --size says otherwise (quicklook.DEFAULT_MAX_SIZE).
+DEFAULT_QUICKLOOK_SIZE = 512
 
 
 def register(
@@ -127,3 +129,26 @@ def register(
             infos = select_not_in(list_scenes(store), keep)
             what = f"not in {not_in}"
         removal_report(infos, yes=yes, wait=wait, store=store, what=what)
+
+    @app.command()
+    @user_errors
+    def quicklook(
+        store: StoreOpt,
+        identifier: Annotated[str, typer.Argument(help="Scene identifier.")],
+        out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
+        max_size: Annotated[
+            int, typer.Option("--size", help="Longest edge in pixels.")
+        ] = DEFAULT_QUICKLOOK_SIZE,
+    ) -> None:
+        """Write a true-colour PNG (B04, B03, B02) of a stored scene, read decimated."""
+        from scenestore.inventory import check_store
+        from scenestore.quicklook import write_quicklook
+
+        check_store(store)
+        look = write_quicklook(store, identifier, out, max_size=max_size)
+        rows, cols, _ = look.rgba.shape
+        lo, hi = look.stretch
+        console.print(
+            f"Wrote {out}: {cols} x {rows} px (1 in {look.step} pixels read each way), "
+            f"reflectance {lo:.3f}..{hi:.3f} stretched to 0..255, nodata transparent."
+        )
