@@ -281,6 +281,21 @@ def bad_cases(world_url: str) -> list[tuple[str, list[str], str]]:
         ),
         ("prune of a missing store", ["prune", "--store", "{store}/missing", "--before",
                                       "2030-01-01"], "does not exist"),
+        (
+            "quicklook of a scene without B04/B03",
+            ["quicklook", "--store", "{store}", scene, "--out", "{store}/../q.png"],
+            "lacks bands ['B04', 'B03'] for a true-colour quicklook",
+        ),
+        (
+            "quicklook of size 0",
+            ["quicklook", "--store", "{store}", scene, "--out", "{store}/../q.png", "--size", "0"],
+            "Quicklook size 0 is below 1",
+        ),
+        (
+            "catalog written into a scene",
+            ["catalog", "--store", "{store}", "--out", "{store}/" + scene + ".zarr/stac"],
+            "is the store or inside a scene",
+        ),
     ]
 
 

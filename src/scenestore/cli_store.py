@@ -152,3 +152,28 @@ def register(
             f"Wrote {out}: {cols} x {rows} px (1 in {look.step} pixels read each way), "
             f"reflectance {lo:.3f}..{hi:.3f} stretched to 0..255, nodata transparent."
         )
+
+    @app.command()
+    @user_errors
+    def catalog(
+        store: StoreOpt,
+        out: Annotated[Path, typer.Option("--out", help="Directory for the STAC catalog.")],
+        title: Annotated[str | None, typer.Option("--title", help="Catalog title.")] = None,
+    ) -> None:
+        """Write a static STAC catalog of the store (one item per scene) and validate it."""
+        from scenestore.catalog import validate_catalog, write_catalog
+        from scenestore.inventory import check_store
+
+        check_store(store)
+        written = write_catalog(store, out, title=title)
+        check = validate_catalog(out)
+        items = len(list(written.get_items()))
+        console.print(
+            f"Wrote {out / 'catalog.json'}: {items} items. Valid against the STAC core schemas "
+            f"({check.objects} objects, checked offline)."
+        )
+        if check.extensions_unchecked:
+            console.print(
+                "Extension schemas not checked (no local copy; put them in "
+                f"$SCENESTORE_STAC_SCHEMAS): {', '.join(check.extensions_unchecked)}"
+            )

@@ -61,11 +61,21 @@ def decimation_step(shape: Sequence[int], max_size: int) -> int:
     Raises:
         InvalidRequestError: If ``max_size`` is below 1.
     """
+    check_size(max_size)
+    return max(1, math.ceil(max(shape) / max_size))
+
+
+def check_size(max_size: int) -> int:
+    """Return ``max_size`` if it is a usable quicklook edge length.
+
+    Raises:
+        InvalidRequestError: If it is below 1.
+    """
     if max_size < 1:
         raise InvalidRequestError(
             f"Quicklook size {max_size} is below 1; expected the longest edge in pixels, e.g. 512."
         )
-    return max(1, math.ceil(max(shape) / max_size))
+    return max_size
 
 
 def stretch_rgba(
@@ -109,6 +119,7 @@ def render_quicklook(
     """
     import zarr
 
+    check_size(max_size)
     scene_info(store, identifier)  # raises SceneNotFoundError with the usual message
     scene = scene_path(store, identifier)
     missing = [b for b in RGB_BANDS if b not in committed_bands(scene)]
