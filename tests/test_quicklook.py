@@ -61,6 +61,7 @@ def test_a_big_scene_is_read_decimated_not_whole(tmp_path):
     assert np.corrcoef(red.ravel(), channel.ravel())[0, 1] > 0.95
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_cli_quicklook_of_a_world_scene(world, tmp_path):
     store = tmp_path / "store"
     manager = StacStoreManager(["B02", "B03", "B04"], store, stac_url=world.stac_url)

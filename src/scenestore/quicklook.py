@@ -25,9 +25,12 @@ import numpy as np
 
 from scenestore.commit import committed_bands
 from scenestore.errors import IncompleteSceneError, InvalidRequestError
+from scenestore.ids import validate_identifier
 from scenestore.inventory import scene_info
 from scenestore.layout import scene_path
 
+#: Where the ingest flow keeps quicklooks inside a store (hidden: never listed as a scene).
+QUICKLOOKS_DIR = ".quicklooks"
 #: Bands of a true-colour image, as red, green, blue.
 RGB_BANDS = ("B04", "B03", "B02")
 #: Longest edge of a quicklook in pixels unless asked otherwise.
@@ -53,6 +56,11 @@ class Quicklook:
     rgba: np.ndarray
     step: int
     stretch: tuple[float, float]
+
+
+def quicklook_path(store: Path, identifier: str) -> Path:
+    """Return ``<store>/.quicklooks/<identifier>.png`` after validating the identifier."""
+    return store / QUICKLOOKS_DIR / f"{validate_identifier(identifier)}.png"
 
 
 def decimation_step(shape: Sequence[int], max_size: int) -> int:
@@ -203,10 +211,12 @@ def write_quicklook(
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
+    "QUICKLOOKS_DIR",
     "RGB_BANDS",
     "Quicklook",
     "decimation_step",
     "png_bytes",
+    "quicklook_path",
     "render_quicklook",
     "stretch_rgba",
     "write_quicklook",

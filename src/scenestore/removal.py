@@ -35,6 +35,7 @@ from scenestore.errors import InvalidRequestError, SceneBusyError, SceneNotFound
 from scenestore.ids import validate_identifier
 from scenestore.inventory import SceneInfo, check_store, scene_info
 from scenestore.layout import lock_path, scene_path
+from scenestore.quicklook import quicklook_path
 
 #: Where scenes being deleted are moved first (hidden: never listed as a scene).
 TRASH_DIR = ".trash"
@@ -94,8 +95,9 @@ def remove_scene(store: Path, identifier: str, *, wait_seconds: float = 0.0) -> 
         os.replace(scene, target)
     finally:
         lock.release()
-    # 3. nothing can find it any more: delete it outside the lock.
+    # 3. nothing can find it any more: delete it (and its quicklook) outside the lock.
     _delete(target)
+    quicklook_path(store, identifier).unlink(missing_ok=True)
     return size
 
 
