@@ -19,6 +19,7 @@ files keyed by their ``$id``) and otherwise reported as not checked.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -38,6 +39,8 @@ from scenestore.commit import committed_bands
 from scenestore.errors import InvalidRequestError
 from scenestore.inventory import SceneInfo, list_scenes
 from scenestore.layout import scene_path
+
+logger = logging.getLogger(__name__)
 
 #: Media type of a zarr store or array (pystac's name for it).
 ZARR_MEDIA_TYPE = pystac.MediaType.VND_ZARR
@@ -113,7 +116,11 @@ def scene_item(store: Path, info: SceneInfo) -> pystac.Item:
         ),
     )
     for band in sorted(committed_bands(scene)):
-        item.add_asset(band, _band_asset(scene, band, group[band]))
+        try:
+            array = group[band]
+        except KeyError:  # being replaced by a writer right now: its commit is gone too
+            continue
+        item.add_asset(band, _band_asset(scene, band, array))
     return item
 
 
@@ -141,7 +148,10 @@ def write_catalog(store: Path, out: Path, *, title: str | None = None) -> pystac
         description=f"Sentinel-2 L2A scenes stored by scenestore in the store {store.name!r}",
     )
     for info in infos:
-        catalog.add_item(scene_item(store, info))
+        try:
+            catalog.add_item(scene_item(store, info))
+        except FileNotFoundError:  # removed (rm/prune) since it was listed
+            logger.info("Scene %s was removed while the catalog was written", info.identifier)
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")
     catalog.normalize_hrefs(f"{staging}{os.sep}")  # the slash: ".catalog.1a2b" is no file
     for item in catalog.get_items():

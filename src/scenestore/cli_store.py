@@ -148,9 +148,10 @@ def register(
         look = write_quicklook(store, identifier, out, max_size=max_size)
         rows, cols, _ = look.rgba.shape
         lo, hi = look.stretch
+        read = "every pixel" if look.step == 1 else f"1 in {look.step} pixels each way"
         console.print(
-            f"Wrote {out}: {cols} x {rows} px (1 in {look.step} pixels read each way), "
-            f"reflectance {lo:.3f}..{hi:.3f} stretched to 0..255, nodata transparent."
+            f"Wrote {out}: {cols} x {rows} px ({read}), reflectance {lo:.3f}..{hi:.3f} "
+            "stretched to 0..255, nodata transparent."
         )
 
     @app.command()
