@@ -38,6 +38,16 @@ def test_decimation_step_and_stretch():
     assert 0.0 < lo < hi < 0.3
     empty, _ = stretch_rgba(refl, np.zeros((10, 10), bool))
     assert not empty.any()
+    # Percentiles over the "clear" left half only: the bright right half saturates.
+    clear = np.zeros((10, 10), bool)
+    clear[:, :5] = True
+    ramp = np.broadcast_to(np.linspace(0.0, 0.5, 10, dtype=np.float32), (3, 10, 10))
+    rgba, (lo, hi) = stretch_rgba(ramp, np.ones((10, 10), bool), basis=clear)
+    assert hi < 0.25 and (rgba[:, 6:, :3] == 255).all()
+    # A flat scene is stretched over at least 0.1 reflectance, not over its noise.
+    flat = 0.15 + np.random.default_rng(0).normal(0, 0.002, (3, 10, 10)).astype(np.float32)
+    rgba, (lo, hi) = stretch_rgba(flat, np.ones((10, 10), bool))
+    assert hi - lo == pytest.approx(0.1) and rgba[..., :3].max() < 80
 
 
 def test_a_big_scene_is_read_decimated_not_whole(tmp_path):
@@ -64,8 +74,8 @@ def test_a_big_scene_is_read_decimated_not_whole(tmp_path):
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_cli_quicklook_of_a_world_scene(world, tmp_path):
     store = tmp_path / "store"
-    manager = StacStoreManager(["B02", "B03", "B04"], store, stac_url=world.stac_url)
-    item = world.items[1]  # a scene with nodata at its swath edge
+    manager = StacStoreManager(["B02", "B03", "B04", "SCL"], store, stac_url=world.stac_url)
+    item = world.items[1]  # a scene with nodata at its swath edge, and clouds
     manager.download_and_store(item)
     ident = manager.identifier(item)
     out = tmp_path / "look.png"
@@ -79,6 +89,11 @@ def test_cli_quicklook_of_a_world_scene(world, tmp_path):
     b02 = zarr.open_array(scene_path(store, ident) / "B02", mode="r")[...]
     assert (b02 == 0).sum() > 0 and ((rgba[3] == 0) == (b02 == 0)).all(), "transparent at nodata"
     assert rgba[:3, rgba[3] > 0].std() > 10, "a stretched picture, not a flat one"
+    scl = zarr.open_array(scene_path(store, ident) / "SCL", mode="r")[...]
+    cloud, ground = np.isin(scl, (8, 9, 10)), np.isin(scl, (4, 5))
+    assert cloud.any() and ground.any()
+    # Stretched for the ground: clouds come out bright, the ground in the lower mid tones.
+    assert rgba[:3, cloud].mean() > 150 and 20 < rgba[:3, ground].mean() < 120
     assert not list(tmp_path.glob("*.aux.xml")), "no GDAL sidecar next to the PNG"
 
 

@@ -3,10 +3,11 @@
 A quicklook is made from a decimated read: every ``step``-th pixel of each band, taken chunk
 by chunk (dask, two chunks at a time), so memory holds the small result and a few decoded
 chunks, never a band at full resolution. Digital numbers become reflectance with each band's
-stored ``scale`` and ``offset``; one linear stretch from the 2nd to the 98th percentile of the
-valid reflectances of all three bands (one stretch, so the colour balance stays) maps them to
-0-255. Nodata (DN 0 in any of the three bands) is transparent. PNGs are written with
-rasterio's PNG driver.
+stored ``scale`` and ``offset``; one linear stretch from the 2nd to the 98th percentile maps
+them to 0-255: one stretch for all three bands, so the colour balance stays; taken over the
+cloud-free pixels when SCL is stored, so clouds saturate rather than darken the ground; at
+least 0.1 reflectance wide, so a flat scene does not show its noise as colour. Nodata (DN 0
+in any of the three bands) is transparent. PNGs are written with rasterio's PNG driver.
 
 The pure parts (:func:`decimation_step`, :func:`stretch_rgba`) are separate from the reads
 (:func:`render_quicklook`) and the file writing (:func:`png_bytes`, :func:`write_quicklook`).
@@ -39,6 +40,13 @@ DEFAULT_MAX_SIZE = 512
 QUICKLOOK_WORKERS = 2
 #: Percentiles of the valid reflectances mapped to 0 and 255.
 STRETCH_PERCENTILES = (2.0, 98.0)
+#: Smallest reflectance span stretched to 0-255 (keeps flat scenes from showing noise).
+MIN_STRETCH_RANGE = 0.1
+#: SCL classes left out of the stretch when SCL is stored: cloud shadow, medium and high
+#: probability cloud, thin cirrus (and saturated/defective, nodata).
+NOT_GROUND = (0, 1, 3, 8, 9, 10)
+#: Smallest share of clear valid pixels for which the stretch is taken over clear pixels only.
+MIN_CLEAR_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -90,23 +98,29 @@ def stretch_rgba(
     reflectance: np.ndarray,
     valid: np.ndarray,
     percentiles: tuple[float, float] = STRETCH_PERCENTILES,
+    *,
+    basis: np.ndarray | None = None,
+    min_range: float = MIN_STRETCH_RANGE,
 ) -> tuple[np.ndarray, tuple[float, float]]:
     """Map (3, rows, columns) reflectances to an RGBA image with one linear stretch.
 
     Args:
         reflectance: Red, green and blue reflectance.
-        valid: (rows, columns) True where all three bands hold data.
-        percentiles: Percentiles of the valid values mapped to 0 and 255.
+        valid: (rows, columns) True where all three bands hold data (opaque pixels).
+        percentiles: Percentiles of the ``basis`` values mapped to 0 and 255.
+        basis: Pixels the percentiles are taken over (default: ``valid``), e.g. the
+            cloud-free ones, so clouds saturate instead of darkening the ground.
+        min_range: Smallest reflectance span stretched to 0-255.
 
     Returns:
         The (rows, columns, 4) uint8 image and the reflectances mapped to 0 and 255.
     """
-    values = reflectance[:, valid]
+    values = reflectance[:, valid if basis is None else basis & valid]
     if values.size == 0:
         return np.zeros((*valid.shape, 4), dtype=np.uint8), (0.0, 0.0)
     lo, hi = (float(v) for v in np.percentile(values, percentiles))
-    if hi <= lo:
-        hi = lo + 1e-6
+    # A flat scene stretched over its own narrow range would show noise as colour.
+    hi = max(hi, lo + min_range)
     scaled = np.clip((reflectance - lo) / (hi - lo), 0.0, 1.0) * 255.0
     rgba = np.empty((*valid.shape, 4), dtype=np.uint8)
     rgba[..., :3] = np.moveaxis(np.round(scaled), 0, -1).astype(np.uint8)
@@ -148,7 +162,13 @@ def render_quicklook(
         scale = float(array.attrs.get("scale", 1.0))
         offset = float(array.attrs.get("offset", 0.0))
         layers.append(dn.astype(np.float32) * scale + offset)
-    rgba, stretch = stretch_rgba(np.stack(layers), valid)
+    basis = valid
+    if "SCL" in committed_bands(scene):
+        # Stretch for the ground: clouds and shadows would push land into the dark end.
+        clear = ~np.isin(_strided(zarr.open_array(scene / "SCL", mode="r"), step), NOT_GROUND)
+        if (valid & clear).sum() >= MIN_CLEAR_FRACTION * max(int(valid.sum()), 1):
+            basis = valid & clear
+    rgba, stretch = stretch_rgba(np.stack(layers), valid, basis=basis)
     return Quicklook(identifier, rgba, step, stretch)
 
 
