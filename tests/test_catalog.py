@@ -16,6 +16,7 @@ from pystac.extensions.projection import SCHEMA_URI as PROJ_URI
 from scenestore import StacStoreManager
 from scenestore.catalog import ZARR_MEDIA_TYPE, validate_catalog, write_catalog
 from scenestore.layout import scene_path
+from scenestore.quicklook import quicklook_path, write_quicklook
 from scenestore.removal import remove_scene
 from test_cli import run
 
@@ -60,6 +61,8 @@ def test_catalog_validates_offline_and_loads_again(world, stored, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(root / "store", work / "store")
     store, out = work / "store", work / "catalog"
+    with_look = manager.identifier(world.items[0])
+    write_quicklook(store, with_look, quicklook_path(store, with_look))
 
     write_catalog(store, out)
     check = validate_catalog(out)
@@ -80,7 +83,11 @@ def test_catalog_validates_offline_and_loads_again(world, stored, tmp_path):
         assert item.properties["proj:shape"] == [120, 120]
         assert item.properties["proj:code"] == source.properties["proj:code"]
         assert np.allclose(item.bbox, source.bbox, atol=2e-3), (item.bbox, source.bbox)
-        assert set(item.assets) == {"zarr", "B02", "B03", "B04", "SCL"}
+        thumb = {"thumbnail"} if item.id == with_look else set()
+        assert set(item.assets) == {"zarr", "B02", "B03", "B04", "SCL"} | thumb
+        if thumb:
+            with open(item.assets["thumbnail"].get_absolute_href(), "rb") as png:
+                assert png.read(4) == b"\x89PNG"
         red = item.assets["B04"]
         assert red.media_type == ZARR_MEDIA_TYPE and not red.href.startswith("/")
         assert red.extra_fields["bands"][0]["eo:common_name"] == "red"

@@ -8,7 +8,8 @@
 * the stored scene attributes (cloud cover, MGRS tile, processing baseline...) as properties;
 * one asset per committed band, pointing (by a relative href) at the band's zarr v3 array
   directory, with STAC 1.1 ``bands`` (``eo:common_name``, ``eo:center_wavelength``,
-  ``data_type``, ``nodata``, ``scale``, ``offset``), and one ``zarr`` asset for the group.
+  ``data_type``, ``nodata``, ``scale``, ``offset``), one ``zarr`` asset for the group, and a
+  ``thumbnail`` asset when the scene has a quicklook in ``<store>/.quicklooks/``.
 
 :func:`validate_catalog` validates every object with pystac's JSON-schema validator against
 the STAC core schemas that pystac ships, never fetching anything: extension schemas are
@@ -39,6 +40,7 @@ from scenestore.commit import committed_bands
 from scenestore.errors import InvalidRequestError
 from scenestore.inventory import SceneInfo, list_scenes
 from scenestore.layout import scene_path
+from scenestore.quicklook import quicklook_path
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,17 @@ def scene_item(store: Path, info: SceneInfo) -> pystac.Item:
             title="The scene as one zarr v3 group (open with xarray.open_zarr)",
         ),
     )
+    thumbnail = quicklook_path(store, info.identifier)
+    if thumbnail.is_file():  # rendered by the ingest flow (or `scenestore quicklook`)
+        item.add_asset(
+            "thumbnail",
+            pystac.Asset(
+                href=str(thumbnail.resolve()),
+                media_type=pystac.MediaType.PNG,
+                roles=["thumbnail"],
+                title="True-colour quicklook (B04, B03, B02)",
+            ),
+        )
     for band in sorted(committed_bands(scene)):
         try:
             array = group[band]
