@@ -253,6 +253,8 @@ def bad_cases(world_url: str) -> list[tuple[str, list[str], str]]:
             "'es-l2a_nope' is not in the store",
         ),
         ("rm of an unsafe identifier", ["rm", "--store", "{store}", "../x"], "'../x' is not safe"),
+        ("rm --wait below 0", ["rm", "--store", "{store}", scene, "--wait", "-1", "--yes"],
+         "--wait -1 is negative"),
         (
             "prune with a malformed date",
             ["prune", "--store", "{store}", "--before", "2024-13-01", "--yes"],

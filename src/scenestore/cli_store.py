@@ -31,6 +31,17 @@ EXIT_SKIPPED = 1
 DEFAULT_QUICKLOOK_SIZE = 512
 
 
+def check_wait(wait: float) -> float:
+    """Return ``wait`` if it is a usable number of seconds to wait for a busy scene.
+
+    Raises:
+        InvalidRequestError: If it is negative.
+    """
+    if wait < 0:
+        raise InvalidRequestError(f"--wait {wait:g} is negative; expected 0 or more seconds.")
+    return wait
+
+
 def register(
     app: typer.Typer,
     *,
@@ -49,7 +60,10 @@ def register(
         size: Formats a byte count for humans.
     """
 
-    def removal_report(infos: list[Any], *, yes: bool, wait: float, store: Path, what: str):
+    def removal_report(
+        infos: list[Any], *, yes: bool, wait: float, store: Path, what: str
+    ) -> None:
+        """List what would go; with ``yes`` remove it and report the skipped (exit 1)."""
         from scenestore.removal import remove_scenes
 
         total = size(sum(i.size_bytes for i in infos))
@@ -88,6 +102,7 @@ def register(
         """Remove scenes (a dry run unless --yes); safe while an ingest writes to the store."""
         from scenestore.inventory import check_store, scene_info
 
+        check_wait(wait)
         check_store(store)
         infos = [scene_info(store, i) for i in dict.fromkeys(identifiers)]
         removal_report(infos, yes=yes, wait=wait, store=store, what="to remove")
@@ -115,6 +130,7 @@ def register(
         from scenestore.inventory import list_scenes
         from scenestore.removal import read_keep_list, select_before, select_not_in
 
+        check_wait(wait)
         if (before is None) == (not_in is None):
             raise InvalidRequestError(
                 f"prune got {'both' if before is not None else 'neither of'} --before and "
