@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -141,6 +142,20 @@ def test_a_scene_being_written_is_skipped_and_left_whole(world, store):
     assert [r.removed for r in results] == [False]
     assert snapshot(scene_path(store, busy)) == before
     assert not scene_path(store, free).exists()
+
+    held = threading.Event()
+
+    def ingest_for_a_moment() -> None:
+        with FileLock(lock_path(store, busy)):
+            held.set()
+            time.sleep(0.3)
+
+    writer = threading.Thread(target=ingest_for_a_moment)
+    writer.start()
+    held.wait(10)
+    assert remove_scene(store, busy, wait_seconds=30) > 0  # --wait: removed once released
+    writer.join()
+    assert not scene_path(store, busy).exists()
 
 
 def test_unknown_scene_removes_nothing(world, store):
