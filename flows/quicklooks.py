@@ -86,7 +86,13 @@ def publish_quicklooks(identifiers: list[str], spec: StoreSpec, *, label: str) -
         get_run_logger().info("No quicklooks: the run stores no %s", ",".join(RGB_BANDS))
         return None
     futures = quicklook.map(identifiers, spec=unmapped(spec)) if identifiers else []
-    looks = [f.result() for f in futures]
+    looks = []
+    for identifier, future in zip(identifiers, futures, strict=True):
+        future.wait()
+        if future.state.is_completed():
+            looks.append(future.result())
+        else:  # an unexpected error (disk full...) costs the picture, never the run
+            looks.append(RenderedQuicklook(identifier, note=redact(str(future.state.message))))
     artifact = create_markdown_artifact(
         markdown=quicklook_markdown(looks, label=label),
         key="ingest-quicklooks",

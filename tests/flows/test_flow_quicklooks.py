@@ -24,7 +24,8 @@ def markdown_of(state) -> str:
     return art.data
 
 
-def test_every_stored_scene_gets_a_quicklook_in_the_artifact(world, ingest_params, store):
+def test_every_stored_scene_gets_a_quicklook_in_the_artifact(world, ingest_params, store,
+                                                              monkeypatch):
     params = {**ingest_params, "bands": ["B02", "B03", "B04"]}
     state = ingest(**params, return_state=True)
 
@@ -46,6 +47,15 @@ def test_every_stored_scene_gets_a_quicklook_in_the_artifact(world, ingest_param
     gone = sorted(identifiers)[0]
     remove_scene(store, gone)
     assert not quicklook_path(store, gone).exists(), "rm takes the scene's quicklook along"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("flows.quicklooks.write_quicklook", disk_full)
+    failed_look = ingest(**params, return_state=True)  # stores `gone` again, cannot draw it
+    assert failed_look.is_completed(), "a quicklook that fails never fails the run"
+    assert f"## {gone}\nNo quicklook: " in markdown_of(failed_look)
+    assert "No space left on device" in markdown_of(failed_look)
 
 
 def test_markdown_embeds_a_bounded_number_and_explains_the_missing():
