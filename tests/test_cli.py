@@ -294,6 +294,11 @@ def bad_cases(world_url: str) -> list[tuple[str, list[str], str]]:
             "Quicklook size 0 is below 1",
         ),
         (
+            "catalog over a directory of other files",
+            ["catalog", "--store", "{store}", "--out", "{cases}"],
+            "holds files but no catalog.json",
+        ),
+        (
             "catalog written into a scene",
             ["catalog", "--store", "{store}", "--out", "{store}/" + scene + ".zarr/stac"],
             "is the store or inside a scene",

@@ -150,11 +150,7 @@ def write_catalog(store: Path, out: Path, *, title: str | None = None) -> pystac
     """
     infos = [i for i in list_scenes(store) if i.bands]
     out = out.absolute()
-    if out == store.absolute() or any(p.suffix == ".zarr" for p in (out, *out.parents)):
-        raise InvalidRequestError(
-            f"Catalog directory {str(out)!r} is the store or inside a scene; expected a "
-            "directory of its own, e.g. next to the store."
-        )
+    check_catalog_dir(out, store)
     catalog = pystac.Catalog(
         id="scenestore",
         title=title or f"Scenes in {store.name}",
@@ -172,6 +168,7 @@ def write_catalog(store: Path, out: Path, *, title: str | None = None) -> pystac
         item_dir = Path(item.get_self_href()).parent
         for asset in item.assets.values():
             asset.href = os.path.relpath(asset.href, item_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     if out.exists():
         old = out.with_name(f".{out.name}.old.{uuid.uuid4().hex[:8]}")
@@ -179,9 +176,37 @@ def write_catalog(store: Path, out: Path, *, title: str | None = None) -> pystac
         os.replace(staging, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, out)
     return pystac.Catalog.from_file(str(out / "catalog.json"))
+
+
+def check_catalog_dir(out: Path, store: Path) -> Path:
+    """Check that ``out`` may be (re)written whole as a catalog directory.
+
+    It must be new, empty, or hold a catalog written before (``catalog.json``): the directory
+    is replaced whole, so pointing ``--out`` at a directory of other files must not delete them.
+
+    Raises:
+        InvalidRequestError: If ``out`` is the store, inside a scene, a file, or a directory
+            that holds other things than a catalog.
+    """
+    out = out.absolute()
+    if out == store.absolute() or any(p.suffix == ".zarr" for p in (out, *out.parents)):
+        raise InvalidRequestError(
+            f"Catalog directory {str(out)!r} is the store or inside a scene; expected a "
+            "directory of its own, e.g. next to the store."
+        )
+    if out.exists() and not out.is_dir():
+        raise InvalidRequestError(
+            f"Catalog directory {str(out)!r} is a file; expected a directory (or a path to "
+            "create)."
+        )
+    if out.is_dir() and any(out.iterdir()) and not (out / "catalog.json").is_file():
+        raise InvalidRequestError(
+            f"Catalog directory {str(out)!r} holds files but no catalog.json; expected a new or "
+            "empty directory, or one a previous `scenestore catalog` wrote (it is replaced whole)."
+        )
+    return out
 
 
 class OfflineValidator(JsonSchemaSTACValidator):
@@ -324,6 +349,7 @@ __all__ = [
     "CatalogCheck",
     "OfflineValidator",
     "ZARR_MEDIA_TYPE",
+    "check_catalog_dir",
     "local_schemas",
     "scene_item",
     "validate_catalog",
