@@ -70,6 +70,7 @@ def remove_scene(store: Path, identifier: str, *, wait_seconds: float = 0.0) -> 
         SceneNotFoundError: If the scene is not in the store.
         SceneBusyError: If another process holds the scene's lock for longer than
             ``wait_seconds``; the scene is left untouched.
+        StoreError: If the store is not writable.
     """
     size = scene_info(store, identifier).size_bytes
     lock = FileLock(lock_path(store, identifier), timeout=max(wait_seconds, 0.0))
@@ -81,6 +82,8 @@ def remove_scene(store: Path, identifier: str, *, wait_seconds: float = 0.0) -> 
             f"{str(lock_path(store, identifier))!r} is held); expected no ingest of it running: "
             "run again when the ingest is done."
         ) from None
+    except OSError as err:  # after Timeout, which is an OSError too
+        raise _not_writable(store, err) from err
     try:
         scene = scene_path(store, identifier)
         if not scene.is_dir():  # removed by another remover while we waited
@@ -93,6 +96,8 @@ def remove_scene(store: Path, identifier: str, *, wait_seconds: float = 0.0) -> 
         trash.mkdir(exist_ok=True)
         target = trash / f"{scene.name}.{uuid.uuid4().hex[:8]}"
         os.replace(scene, target)
+    except OSError as err:
+        raise _not_writable(store, err) from err
     finally:
         lock.release()
     # 3. nothing can find it any more: delete it (and its quicklook) outside the lock.
@@ -217,6 +222,13 @@ def _item_ids(text: str, path: Path, expected: str) -> list[str]:
             f"Keep list {str(path)!r} has a feature without a string 'id'; {expected}."
         )
     return ids
+
+
+def _not_writable(store: Path, err: OSError) -> StoreError:
+    return StoreError(
+        f"Store {str(store)!r} is not writable ({err.strerror}); expected a directory this user "
+        "can write to."
+    )
 
 
 def _delete(path: Path) -> None:
