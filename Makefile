@@ -31,4 +31,4 @@ lint: .venv/.synced
 	$(UV) run --frozen ruff check src flows tests scripts
 
 clean:
-	rm -rf demo-store .world .bench test-output
+	rm -rf demo-store demo-catalog .world .bench test-output

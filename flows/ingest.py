@@ -41,6 +41,7 @@ from flows.params import (
     make_store_spec,
     query_key,
 )
+from flows.quicklooks import publish_quicklooks
 from flows.tasks import (
     ScenePlan,
     check_scenes,
@@ -313,6 +314,8 @@ def ingest_items(
     if todo:
         _run_scenes(todo, spec, options, summary, progress)
     progress.finish()
+    stored = [r["scene"] for r in summary.rows if r["status"] == "stored"]
+    publish_quicklooks(stored, spec, label=label)
     summary.seconds = time.perf_counter() - started
     create_table_artifact(
         table=summary.rows,

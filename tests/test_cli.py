@@ -105,6 +105,7 @@ def stocked(world, tmp_path_factory):
             asset["proj:transform"][2] += 60  # whole pixels at 10, 20 and 60 m
     (root / "shifted.json").write_text(json.dumps(shifted))
     (root / "afile").write_text("not a directory")
+    (root / "empty.txt").write_text("# keep nothing\n")
     return root
 
 
@@ -245,6 +246,62 @@ def bad_cases(world_url: str) -> list[tuple[str, list[str], str]]:
             "verify of a scene not stored",
             ["verify", "--store", "{store}", "es-l2a_nope"],
             "'es-l2a_nope' is not in the store",
+        ),
+        (
+            "rm of a scene not stored (with one that is)",
+            ["rm", "--store", "{store}", scene, "es-l2a_nope", "--yes"],
+            "'es-l2a_nope' is not in the store",
+        ),
+        ("rm of an unsafe identifier", ["rm", "--store", "{store}", "../x"], "'../x' is not safe"),
+        ("rm --wait below 0", ["rm", "--store", "{store}", scene, "--wait", "-1", "--yes"],
+         "--wait -1 is negative"),
+        (
+            "prune with a malformed date",
+            ["prune", "--store", "{store}", "--before", "2024-13-01", "--yes"],
+            "Invalid --before date '2024-13-01'",
+        ),
+        (
+            "prune with a missing keep list",
+            ["prune", "--store", "{store}", "--not-in", "/no/such.txt", "--yes"],
+            "Cannot read keep list '/no/such.txt'",
+        ),
+        (
+            "prune with an empty keep list",
+            ["prune", "--store", "{store}", "--not-in", "{cases}/empty.txt", "--yes"],
+            "names no scene, so every scene would be pruned",
+        ),
+        (
+            "prune without a selector",
+            ["prune", "--store", "{store}", "--yes"],
+            "neither of --before and --not-in",
+        ),
+        (
+            "prune with both selectors",
+            ["prune", "--store", "{store}", "--before", "2030-01-01", "--not-in",
+             "{cases}/empty.txt", "--yes"],
+            "both --before and --not-in",
+        ),
+        ("prune of a missing store", ["prune", "--store", "{store}/missing", "--before",
+                                      "2030-01-01"], "does not exist"),
+        (
+            "quicklook of a scene without B04/B03",
+            ["quicklook", "--store", "{store}", scene, "--out", "{store}/../q.png"],
+            "lacks bands ['B04', 'B03'] for a true-colour quicklook",
+        ),
+        (
+            "quicklook of size 0",
+            ["quicklook", "--store", "{store}", scene, "--out", "{store}/../q.png", "--size", "0"],
+            "Quicklook size 0 is below 1",
+        ),
+        (
+            "catalog over a directory of other files",
+            ["catalog", "--store", "{store}", "--out", "{cases}"],
+            "holds files but no catalog.json",
+        ),
+        (
+            "catalog written into a scene",
+            ["catalog", "--store", "{store}", "--out", "{store}/" + scene + ".zarr/stac"],
+            "is the store or inside a scene",
         ),
     ]
 

@@ -1,5 +1,7 @@
 """The ``scenestore`` command line: search, ingest, ls, info and the offline world.
 
+rm, prune, catalog and quicklook live in :mod:`scenestore.cli_store`.
+
 Every user mistake ends as one line on stderr naming the bad value, with exit code 2; a
 scene that fails during ingest is listed in the summary and makes the exit code 1.
 """
@@ -268,18 +270,33 @@ def _print_summary(results, elapsed: float) -> None:
 
 @app.command("ls")
 @user_errors
-def ls_(store: StoreOpt) -> None:
-    """List the scenes in a store with their bands and size."""
+def ls_(
+    store: StoreOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the scenes in a store: sensing date, tile, cloud cover, bands and size."""
+    import json
+
     from scenestore.inventory import list_scenes
 
     infos = list_scenes(store)
-    table = Table(title=f"{len(infos)} scenes in {store}")
+    if as_json:
+        print(json.dumps([i.as_record() for i in infos], indent=1))
+        return
+    total = _size(sum(i.size_bytes for i in infos))
+    table = Table(title=f"{len(infos)} scenes in {store} ({total})")
     table.add_column("scene", no_wrap=True)
-    table.add_column("bands")
-    table.add_column("size", justify="right")
+    for col in ("sensing date", "tile", "cloud %"):
+        table.add_column(col)
+    table.add_column("bands", min_width=6)
+    table.add_column("size", justify="right", no_wrap=True)
     for info in infos:
         bands = _bands(info.bands) if info.bands else "(none committed)"
-        table.add_row(info.identifier, bands, _size(info.size_bytes))
+        cloud = "" if info.cloud_cover is None else f"{info.cloud_cover:.1f}"
+        table.add_row(
+            info.identifier, (info.datetime or "")[:10], info.tile or "", cloud, bands,
+            _size(info.size_bytes),
+        )
     console.print(table)
 
 
@@ -429,6 +446,14 @@ def _crs_name(wkt: str) -> str:
     epsg = crs.to_epsg()
     return f"EPSG:{epsg} ({crs.name})" if epsg else crs.name
 
+
+def _register_store_commands() -> None:
+    from scenestore.cli_store import register
+
+    register(app, user_errors=user_errors, console=console, err_console=err_console, size=_size)
+
+
+_register_store_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -35,6 +35,10 @@ class IncompleteSceneError(ScenestoreError, LookupError):
     """The scene is stored but lacks bands that were asked for."""
 
 
+class SceneBusyError(ScenestoreError, BlockingIOError):
+    """Another process holds the scene's lock (an ingest is writing it)."""
+
+
 class CoordinateMismatchError(ScenestoreError, ValueError):
     """New bands do not lie on the grid of the scene already stored."""
 
@@ -65,6 +69,7 @@ __all__ = [
     "InvalidIdentifierError",
     "InvalidRequestError",
     "ItemError",
+    "SceneBusyError",
     "SceneNotFoundError",
     "ScenestoreError",
     "SourceError",

@@ -36,6 +36,18 @@ class SceneInfo:
     cloud_cover: float | None = None
     attrs: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def as_record(self) -> dict[str, Any]:
+        """The inventory entry as JSON-ready values (what ``scenestore ls --json`` prints)."""
+        return {
+            "identifier": self.identifier,
+            "datetime": self.datetime,
+            "tile": self.tile,
+            "cloud_cover": self.cloud_cover,
+            "bands": list(self.bands),
+            "size_bytes": self.size_bytes,
+            "source_item": self.attrs.get("stac_id"),
+        }
+
 
 def check_store(store: Path) -> Path:
     """Return ``store`` if it is an existing directory.

@@ -1,0 +1,111 @@
+"""Quicklooks of the scenes an ingest run stored, as files and as one markdown artifact.
+
+After the scenes of a run are stored, ``quicklook`` renders each stored scene's true-colour
+PNG into ``<store>/.quicklooks/<identifier>.png`` (the library's
+:func:`scenestore.quicklook.write_quicklook`), and :func:`publish_quicklooks` creates the
+``ingest-quicklooks`` markdown artifact: per scene a heading, the image embedded as a
+``data:`` URI (so the Prefect UI shows it without serving files) and the file's path. Only
+the first :data:`MAX_EMBEDDED` images are embedded, to keep the artifact small; the others
+are listed by path. A scene whose quicklook cannot be made (the run did not store B04, B03
+and B02) is listed with the reason; it never fails the run.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact
+
+from flows.params import StoreSpec
+from scenestore.errors import ScenestoreError
+from scenestore.quicklook import RGB_BANDS, quicklook_path, write_quicklook
+from scenestore.redact import redact
+
+#: Longest edge of the quicklooks an ingest run renders (small: they are embedded).
+ARTIFACT_SIZE = 256
+#: Quicklooks embedded in the artifact; further scenes are listed by file path.
+MAX_EMBEDDED = 12
+
+
+@dataclass(frozen=True)
+class RenderedQuicklook:
+    """One scene's quicklook as the artifact shows it.
+
+    Attributes:
+        identifier: Scene identifier.
+        path: The PNG file, when it was written.
+        png: The PNG bytes, when it was written.
+        note: Why there is no quicklook, when there is none.
+    """
+
+    identifier: str
+    path: str | None = None
+    png: bytes | None = None
+    note: str | None = None
+
+
+@task(name="quicklook", task_run_name="quicklook-{identifier}", persist_result=False)
+def quicklook(identifier: str, spec: StoreSpec) -> RenderedQuicklook:
+    """Render one stored scene's quicklook into ``<store>/.quicklooks/`` and return it."""
+    store = Path(spec.store)
+    out = quicklook_path(store, identifier)
+    try:
+        write_quicklook(store, identifier, out, max_size=ARTIFACT_SIZE)
+    except ScenestoreError as err:  # e.g. the run stored no RGB bands: no picture, no failure
+        return RenderedQuicklook(identifier, note=redact(str(err)))
+    return RenderedQuicklook(identifier, path=str(out), png=out.read_bytes())
+
+
+def quicklook_markdown(looks: list[RenderedQuicklook], *, label: str) -> str:
+    """The artifact's markdown: a heading, the embedded image and the path per scene (pure)."""
+    lines = [f"# Quicklooks of the scenes stored in {label}", ""]
+    if not looks:
+        lines.append("No scene was stored in this run.")
+    for n, look in enumerate(looks):
+        lines.append(f"## {look.identifier}")
+        if look.png is None:
+            lines += [f"No quicklook: {look.note}", ""]
+            continue
+        if n < MAX_EMBEDDED:
+            data = base64.b64encode(look.png).decode("ascii")
+            lines.append(f"![{look.identifier} true colour (B04, B03, B02)]"
+                         f"(data:image/png;base64,{data})")
+        lines += ["", f"File: `{look.path}`", ""]
+    return "\n".join(lines)
+
+
+def publish_quicklooks(identifiers: list[str], spec: StoreSpec, *, label: str) -> str | None:
+    """Render the quicklooks of the stored scenes and create the ``ingest-quicklooks`` artifact.
+
+    Call inside a flow run. Returns the artifact id, or None when the run's bands lack RGB.
+    """
+    if not set(RGB_BANDS) <= set(spec.bands):
+        get_run_logger().info("No quicklooks: the run stores no %s", ",".join(RGB_BANDS))
+        return None
+    futures = quicklook.map(identifiers, spec=unmapped(spec)) if identifiers else []
+    looks = []
+    for identifier, future in zip(identifiers, futures, strict=True):
+        future.wait()
+        if future.state.is_completed():
+            looks.append(future.result())
+        else:  # an unexpected error (disk full...) costs the picture, never the run
+            looks.append(RenderedQuicklook(identifier, note=redact(str(future.state.message))))
+    artifact = create_markdown_artifact(
+        markdown=quicklook_markdown(looks, label=label),
+        key="ingest-quicklooks",
+        description=f"True-colour quicklooks of the {len(looks)} scenes stored in {label}",
+    )
+    return str(artifact)
+
+
+__all__ = [
+    "ARTIFACT_SIZE",
+    "MAX_EMBEDDED",
+    "RenderedQuicklook",
+    "publish_quicklooks",
+    "quicklook",
+    "quicklook_markdown",
+]

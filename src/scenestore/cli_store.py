@@ -1,0 +1,196 @@
+"""Commands that look after a store: ``rm``, ``prune``, ``catalog`` and ``quicklook``.
+
+They are registered on the ``scenestore`` app by :func:`register` (called from
+:mod:`scenestore.cli`), which hands over the CLI's error wrapper and formatting helpers, so
+these commands print and fail exactly like the others: one line naming the bad value, exit 2,
+store unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scenestore.errors import InvalidRequestError
+
+StoreOpt = Annotated[Path, typer.Option("--store", help="Store directory.")]
+YesOpt = Annotated[bool, typer.Option("--yes", help="Remove them (default: a dry run).")]
+WaitOpt = Annotated[
+    float,
+    typer.Option("--wait", help="Seconds to wait for a scene an ingest is writing (default 0)."),
+]
+
+#: Exit code when some scenes were skipped because an ingest holds their lock.
+EXIT_SKIPPED = 1
+#: Longest edge of a quicklook unless --size says otherwise (quicklook.DEFAULT_MAX_SIZE).
+DEFAULT_QUICKLOOK_SIZE = 512
+
+
+def check_wait(wait: float) -> float:
+    """Return ``wait`` if it is a usable number of seconds to wait for a busy scene.
+
+    Raises:
+        InvalidRequestError: If it is negative.
+    """
+    if wait < 0:
+        raise InvalidRequestError(f"--wait {wait:g} is negative; expected 0 or more seconds.")
+    return wait
+
+
+def register(
+    app: typer.Typer,
+    *,
+    user_errors: Callable[[Callable[..., Any]], Callable[..., Any]],
+    console: Console,
+    err_console: Console,
+    size: Callable[[int], str],
+) -> None:
+    """Add the store-keeping commands to ``app``.
+
+    Args:
+        app: The ``scenestore`` Typer app.
+        user_errors: The CLI's wrapper turning scenestore errors into one line and exit 2.
+        console: Where tables go (stdout).
+        err_console: Where skips and errors go (stderr).
+        size: Formats a byte count for humans.
+    """
+
+    def removal_report(
+        infos: list[Any], *, yes: bool, wait: float, store: Path, what: str
+    ) -> None:
+        """List what would go; with ``yes`` remove it and report the skipped (exit 1)."""
+        from scenestore.removal import remove_scenes
+
+        total = size(sum(i.size_bytes for i in infos))
+        if not infos:
+            console.print(f"No scene {what}; nothing to remove.")
+            return
+        table = Table(title=f"{len(infos)} scenes {what} ({total})")
+        for col in ("scene", "sensing date", "bands", "size"):
+            table.add_column(col, no_wrap=col != "bands")
+        for i in infos:
+            table.add_row(i.identifier, (i.datetime or "")[:10], str(len(i.bands)),
+                          size(i.size_bytes))
+        console.print(table)
+        if not yes:
+            console.print("Dry run: nothing removed. Run again with --yes to remove them.")
+            return
+        results = remove_scenes(store, [i.identifier for i in infos], wait_seconds=wait)
+        done = [r for r in results if r.removed]
+        console.print(
+            f"Removed {len(done)} scenes, freed {size(sum(r.size_bytes for r in done))}."
+        )
+        skipped = [r for r in results if not r.removed]
+        for r in skipped:
+            err_console.print(f"[yellow]skipped:[/] {r.reason}", highlight=False, soft_wrap=True)
+        if skipped:
+            raise typer.Exit(EXIT_SKIPPED)
+
+    @app.command("rm")
+    @user_errors
+    def rm(
+        store: StoreOpt,
+        identifiers: Annotated[list[str], typer.Argument(help="Scenes to remove.")],
+        yes: YesOpt = False,
+        wait: WaitOpt = 0.0,
+    ) -> None:
+        """Remove scenes (a dry run unless --yes); safe while an ingest writes to the store."""
+        from scenestore.inventory import check_store, scene_info
+
+        check_wait(wait)
+        check_store(store)
+        infos = [scene_info(store, i) for i in dict.fromkeys(identifiers)]
+        removal_report(infos, yes=yes, wait=wait, store=store, what="to remove")
+
+    @app.command()
+    @user_errors
+    def prune(
+        store: StoreOpt,
+        before: Annotated[
+            str | None, typer.Option("--before", help="Remove scenes sensed before this day.")
+        ] = None,
+        not_in: Annotated[
+            Path | None,
+            typer.Option(
+                "--not-in",
+                help="Remove scenes not named in this file (identifiers or item ids one per "
+                "line, or a STAC ItemCollection JSON).",
+            ),
+        ] = None,
+        yes: YesOpt = False,
+        wait: WaitOpt = 0.0,
+    ) -> None:
+        """Remove scenes sensed --before a day, or --not-in a keep list (a dry run unless --yes)."""
+        from scenestore.aoi import parse_date
+        from scenestore.inventory import list_scenes
+        from scenestore.removal import read_keep_list, select_before, select_not_in
+
+        check_wait(wait)
+        if (before is None) == (not_in is None):
+            raise InvalidRequestError(
+                f"prune got {'both' if before is not None else 'neither of'} --before and "
+                "--not-in; expected exactly one of --before YYYY-MM-DD or --not-in FILE."
+            )
+        if before is not None:
+            day = parse_date(before, name="--before date")
+            infos = select_before(list_scenes(store), day)
+            what = f"sensed before {day.isoformat()}"
+        else:
+            keep = read_keep_list(not_in)
+            infos = select_not_in(list_scenes(store), keep)
+            what = f"not in {not_in}"
+        removal_report(infos, yes=yes, wait=wait, store=store, what=what)
+
+    @app.command()
+    @user_errors
+    def quicklook(
+        store: StoreOpt,
+        identifier: Annotated[str, typer.Argument(help="Scene identifier.")],
+        out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
+        max_size: Annotated[
+            int, typer.Option("--size", help="Longest edge in pixels.")
+        ] = DEFAULT_QUICKLOOK_SIZE,
+    ) -> None:
+        """Write a true-colour PNG (B04, B03, B02) of a stored scene, read decimated."""
+        from scenestore.inventory import check_store
+        from scenestore.quicklook import write_quicklook
+
+        check_store(store)
+        look = write_quicklook(store, identifier, out, max_size=max_size)
+        rows, cols, _ = look.rgba.shape
+        lo, hi = look.stretch
+        read = "every pixel" if look.step == 1 else f"1 in {look.step} pixels each way"
+        console.print(
+            f"Wrote {out}: {cols} x {rows} px ({read}), reflectance {lo:.3f}..{hi:.3f} "
+            "stretched to 0..255, nodata transparent."
+        )
+
+    @app.command()
+    @user_errors
+    def catalog(
+        store: StoreOpt,
+        out: Annotated[Path, typer.Option("--out", help="Directory for the STAC catalog.")],
+        title: Annotated[str | None, typer.Option("--title", help="Catalog title.")] = None,
+    ) -> None:
+        """Write a static STAC catalog of the store (one item per scene) and validate it."""
+        from scenestore.catalog import validate_catalog, write_catalog
+        from scenestore.inventory import check_store
+
+        check_store(store)
+        written = write_catalog(store, out, title=title)
+        check = validate_catalog(out)
+        items = len(list(written.get_items()))
+        console.print(
+            f"Wrote {out / 'catalog.json'}: {items} items. Valid against the STAC core schemas "
+            f"({check.objects} objects, checked offline)."
+        )
+        if check.extensions_unchecked:
+            console.print(
+                "Extension schemas not checked (no local copy; put them in "
+                f"$SCENESTORE_STAC_SCHEMAS): {', '.join(check.extensions_unchecked)}"
+            )

@@ -1,0 +1,68 @@
+"""The ingest flow's quicklooks: one PNG per stored scene, embedded in a markdown artifact."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+from flow_helpers import artifacts, task_runs
+from flows.ingest import ingest
+from flows.quicklooks import MAX_EMBEDDED, RenderedQuicklook, quicklook_markdown
+
+from scenestore.quicklook import quicklook_path
+from scenestore.removal import remove_scene
+
+pytestmark = pytest.mark.usefixtures("prefect_results")
+
+IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\(data:image/png;base64,(?P<data>[A-Za-z0-9+/=]+)\)")
+
+
+def markdown_of(state) -> str:
+    (art,) = [a for a in artifacts(state.state_details.flow_run_id) if a.type == "markdown"]
+    assert art.key == "ingest-quicklooks"
+    return art.data
+
+
+def test_every_stored_scene_gets_a_quicklook_in_the_artifact(world, ingest_params, store,
+                                                              monkeypatch):
+    params = {**ingest_params, "bands": ["B02", "B03", "B04"]}
+    state = ingest(**params, return_state=True)
+
+    assert state.is_completed(), state.message
+    text = markdown_of(state)
+    images = {m["alt"].split()[0]: base64.b64decode(m["data"]) for m in IMAGE.finditer(text)}
+    identifiers = {f"es-l2a_{item.id}" for item in world.items}
+    assert set(images) == identifiers
+    for ident, png in images.items():
+        path = quicklook_path(store, ident)
+        assert png.startswith(b"\x89PNG") and png == path.read_bytes()
+        assert f"File: `{path}`" in text
+    names = [r.name for r in task_runs(state.state_details.flow_run_id)]
+    assert sum(n.startswith("quicklook-") for n in names) == len(identifiers)
+
+    again = ingest(**params, return_state=True)  # nothing stored: nothing rendered
+    assert again.is_completed() and "No scene was stored in this run." in markdown_of(again)
+
+    gone = sorted(identifiers)[0]
+    remove_scene(store, gone)
+    assert not quicklook_path(store, gone).exists(), "rm takes the scene's quicklook along"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("flows.quicklooks.write_quicklook", disk_full)
+    failed_look = ingest(**params, return_state=True)  # stores `gone` again, cannot draw it
+    assert failed_look.is_completed(), "a quicklook that fails never fails the run"
+    assert f"## {gone}\nNo quicklook: " in markdown_of(failed_look)
+    assert "No space left on device" in markdown_of(failed_look)
+
+
+def test_markdown_embeds_a_bounded_number_and_explains_the_missing():
+    looks = [RenderedQuicklook(f"s{i}", path=f"/q/s{i}.png", png=b"\x89PNG-%d" % i)
+             for i in range(MAX_EMBEDDED + 2)]
+    looks.append(RenderedQuicklook("norgb", note="Scene 'norgb' lacks bands ['B04']"))
+    text = quicklook_markdown(looks, label="2024-06-01..2024-06-30")
+    assert text.startswith("# Quicklooks of the scenes stored in 2024-06-01..2024-06-30")
+    assert len(IMAGE.findall(text)) == MAX_EMBEDDED
+    assert "File: `/q/s13.png`" in text and "No quicklook: Scene 'norgb' lacks bands" in text
