@@ -90,7 +90,7 @@ def backfill(
         store: Store directory.
         start: First sensing day.
         end: Last sensing day (inclusive).
-        bbox: Area of interest as a lon/lat box; give this or ``aoi``.
+        bbox: Area of interest as a lon/lat box; give this or aoi.
         aoi: Area of interest as GeoJSON.
         bands: Bands to store.
         max_cloud: Highest cloud cover in percent.
@@ -99,7 +99,7 @@ def backfill(
         stac_url: STAC API root URL; the profile's by default.
         window_unit: Window size unit: day, week or (calendar) month.
         window_length: Window size in units.
-        deployment: The ingest deployment to start per window, e.g. ``ingest/on-demand``;
+        deployment: The ingest deployment to start per window, e.g. ingest/on-demand;
             None runs the windows in this process as subflows.
         max_windows_in_flight: Window runs started and not yet final at any time.
         poll_seconds: Seconds between polls of the window runs.

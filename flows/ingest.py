@@ -165,14 +165,14 @@ def ingest(
 
     Args:
         store: Store directory (created if missing).
-        bbox: Area of interest as a lon/lat box; give this or ``aoi``.
+        bbox: Area of interest as a lon/lat box; give this or aoi.
         aoi: Area of interest as GeoJSON (geometry, Feature or FeatureCollection).
-        start: First sensing day; without it the run looks back ``lookback_days``.
+        start: First sensing day; without it the run looks back lookback_days.
         end: Last sensing day (inclusive); defaults to the day the run was scheduled for.
-        lookback_days: Days before ``end`` to start from when ``start`` is not given.
+        lookback_days: Days before end to start from when start is not given.
         bands: Bands to store.
         max_cloud: Highest cloud cover in percent.
-        tiles: MGRS tiles to keep, e.g. ``["33UUP"]``; all when empty.
+        tiles: MGRS tiles to keep, e.g. ["33UUP"]; all when empty.
         profile: Provider profile.
         stac_url: STAC API root URL; the profile's by default.
         options: Parallelism, retries, Dask and search caching.
