@@ -84,6 +84,12 @@ def store_errors(url: StoreURL, doing: str) -> Iterator[None]:
         ) from err
 
 
+def _dir(prefix: str) -> str | None:
+    """A listing prefix that matches whole path segments only ("B0" must not list "B02")."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else None
+
+
 def _short(err: BaseException) -> str:
     text = redact(" ".join(str(err).split()))
     return text if len(text) <= 300 else text[:297] + "..."
@@ -175,7 +181,7 @@ class ObjectClient:
         with store_errors(self.url, f"list {prefix!r}"):
             found = [
                 (meta["path"], int(meta["size"]))
-                for batch in obstore.list(self.store, prefix=prefix.rstrip("/") + "/")
+                for batch in obstore.list(self.store, prefix=_dir(prefix))
                 for meta in batch
             ]
         return sorted(found)
