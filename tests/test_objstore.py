@@ -218,3 +218,36 @@ def test_two_writer_processes_on_overlapping_scenes_share_the_work(world, s3_sto
     assert len(fetched) == len(ids) * len(BANDS), "no band lost"
     scenes = ObjectScenes(s3_store)
     assert all(verify_scene(scenes, i.identifier) == [] for i in list_scenes(scenes))
+
+
+def test_cli_ingest_ls_open_verify_on_s3_and_no_key_in_any_output(world, s3_server, s3_store,
+                                                                   tmp_path):
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", **s3_server.env()}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "scenestore.cli", "-v", *args],
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+
+    items = []
+    for item in world.items[:2]:
+        items += ["--item", str(tmp_path / f"{item.id}.json")]
+        (tmp_path / f"{item.id}.json").write_text(json.dumps(item.to_dict()))
+    runs = [cli("ingest", "--store", s3_store, "--bands", "B04,SCL", *items)]
+    assert runs[-1].returncode == 0, runs[-1].stderr
+    ident = f"es-l2a_{world.items[0].id}"
+    runs.append(cli("ls", "--store", s3_store))
+    assert ident in runs[-1].stdout and "B04,SCL" in runs[-1].stdout
+    runs.append(cli("open", "--store", s3_store, ident, "--bands", "B04,SCL"))
+    assert runs[-1].returncode == 0 and "uint16" in runs[-1].stdout
+    runs.append(cli("info", "--store", s3_store, ident))
+    assert runs[-1].returncode == 0 and "120 x 120 px" in runs[-1].stdout
+    runs.append(cli("verify", "--store", s3_store))
+    assert "4 committed bands checked: all match" in runs[-1].stdout
+    runs.append(cli("ingest", "--store", "s3://no-such-bucket/x", *items))
+    assert runs[-1].returncode == 2
+    assert "no-such-bucket" in runs[-1].stderr and "expected" in runs[-1].stderr
+    text = "\n".join(r.stdout + r.stderr for r in runs)
+    for secret in s3_server.credentials.values():
+        assert secret not in text

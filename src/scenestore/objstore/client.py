@@ -78,6 +78,11 @@ def store_errors(url: StoreURL, doing: str) -> Iterator[None]:
             "existing bucket (create it first) and a reachable endpoint (AWS_ENDPOINT_URL)."
         ) from err
     except (BaseError, OSError) as err:
+        if "NoSuchBucket" in str(err):
+            raise StoreError(
+                f"Store {str(url)!r}: bucket {url.bucket!r} does not exist at "
+                f"{redact(s3_endpoint() or 'AWS S3')}; expected an existing bucket (create it first)."
+            ) from err
         raise StoreError(
             f"Store {str(url)!r}: cannot {doing} ({type(err).__name__}: {_short(err)}); "
             "expected a reachable object store (check AWS_ENDPOINT_URL and the network)."
