@@ -81,7 +81,8 @@ def store_errors(url: StoreURL, doing: str) -> Iterator[None]:
         if "NoSuchBucket" in str(err):
             raise StoreError(
                 f"Store {str(url)!r}: bucket {url.bucket!r} does not exist at "
-                f"{redact(s3_endpoint() or 'AWS S3')}; expected an existing bucket (create it first)."
+                f"{redact(s3_endpoint() or 'AWS S3')}; expected an existing bucket (create it "
+                "first)."
             ) from err
         raise StoreError(
             f"Store {str(url)!r}: cannot {doing} ({type(err).__name__}: {_short(err)}); "
