@@ -221,6 +221,7 @@ def _warm_worker() -> None:
     """Pay the imports a scene needs before the clock starts, as the local variants do."""
     import flows.tasks  # noqa: F401
     import odc.stac  # noqa: F401
+    import prefect.task_engine  # noqa: F401
 
     import scenestore.stac  # noqa: F401
 
