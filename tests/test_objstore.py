@@ -19,14 +19,17 @@ from pathlib import Path
 import dask.array as da
 import pytest
 import xarray as xr
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from scenestore import ALL_BANDS, StacStoreManager
 from scenestore.errors import InvalidRequestError, StoreError
 from scenestore.ingest import ingest_items
-from scenestore.objstore import ObjectScenes, parse_store_url
+from scenestore.objstore import ObjectScenes, is_object_url, parse_store_url
 from scenestore.objstore.catalog import list_scenes, verify_scene
 from scenestore.objstore.client import ObjectClient
 from scenestore.objstore.lease import LeaseLock
+from scenestore.objstore.location import commit_key, staging_key
 from scenestore.world import FaultPlan
 
 WRITER = Path(__file__).parent / "writer.py"
@@ -55,6 +58,20 @@ def test_store_urls_parse_to_bucket_and_prefix():
     ]:
         with pytest.raises(InvalidRequestError, match=match):
             parse_store_url(bad)
+
+
+@given(
+    bucket=st.from_regex(r"[a-z0-9][a-z0-9-]{2,20}", fullmatch=True),
+    segments=st.lists(st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True), max_size=3),
+    identifier=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,30}", fullmatch=True),
+)
+def test_store_urls_round_trip_and_keys_stay_inside_the_scene(bucket, segments, identifier):
+    assume(not any(s in (".", "..") for s in segments) and ".." not in identifier)
+    url = parse_store_url(f"s3://{bucket}/{'/'.join(segments)}")
+    assert parse_store_url(str(url)) == url and url.prefix == "/".join(segments)
+    for key in (commit_key(identifier, "B04"), staging_key(identifier, "B04")):
+        assert key.startswith(f"{identifier}.zarr/") and ".." not in key.split("/")
+    assert is_object_url(str(url)) and not is_object_url(f"./{bucket}")
 
 
 def test_s3_store_holds_the_same_scene_as_a_local_store(world, http, s3_store, tmp_path):

@@ -1,4 +1,4 @@
-"""Object-storage stores (``s3://bucket/prefix`` and other obstore URLs).
+"""Object-storage stores (``s3://bucket/prefix``; also ``gs://``, ``az://`` through obstore).
 
 Same layout and commit protocol as a local store, built on zarr's ``ObjectStore`` over obstore,
 with conditional writes where a local store uses rename and ``fcntl``:

@@ -27,7 +27,7 @@ import time
 import uuid
 from typing import Any
 
-from scenestore.errors import StoreError
+from scenestore.errors import InvalidRequestError, StoreError
 from scenestore.objstore.client import ObjectClient
 
 logger = logging.getLogger(__name__)
@@ -39,14 +39,18 @@ LEASE_ENV_VAR = "SCENESTORE_LOCK_LEASE_S"
 
 
 def lease_seconds() -> float:
-    """The lease duration: ``$SCENESTORE_LOCK_LEASE_S`` or :data:`DEFAULT_LEASE_S`."""
+    """The lease duration: ``$SCENESTORE_LOCK_LEASE_S`` or :data:`DEFAULT_LEASE_S`.
+
+    Raises:
+        InvalidRequestError: If the variable is set but not a positive number.
+    """
     text = os.environ.get(LEASE_ENV_VAR, "").strip()
     try:
         value = float(text) if text else DEFAULT_LEASE_S
     except ValueError:
         value = -1.0
     if value <= 0:
-        raise StoreError(
+        raise InvalidRequestError(
             f"{LEASE_ENV_VAR}={text!r} is not a positive number of seconds; expected e.g. 60."
         )
     return value

@@ -19,8 +19,9 @@ from scenestore.errors import InvalidRequestError
 from scenestore.ids import validate_identifier
 from scenestore.layout import COMMITS_DIR, LOCKS_DIR, SCENE_SUFFIX, STAGING_DIR
 
-#: URL schemes that name an object store (obstore's ``from_url`` schemes).
-OBJECT_SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss", "memory")
+#: URL schemes that name an object store (obstore's ``from_url`` schemes). Not ``memory://``:
+#: each client would get its own empty store, so nothing written would be found again.
+OBJECT_SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss")
 
 RECORD_SUFFIX = ".json"
 

@@ -252,7 +252,13 @@ class ObjectScenes:
         ) as pool:
             futures = [
                 pool.submit(
-                    self._write_band, identifier, dataset, band, encodings[band], band in present
+                    self._write_band,
+                    identifier,
+                    dataset,
+                    band,
+                    encodings[band],
+                    replace=band in present,
+                    fresh=not present,
                 )
                 for band in bands
             ]
@@ -280,14 +286,18 @@ class ObjectScenes:
         self.client.put(f"{commits_key(identifier)}/zarr.json", json.dumps(_COMMITS_GROUP).encode())
 
     def _write_band(
-        self, identifier: str, ds: xr.Dataset, band: str, enc: dict, replace: bool
+        self, identifier: str, ds: xr.Dataset, band: str, enc: dict, *, replace: bool, fresh: bool
     ) -> int:
-        """Write one band (staged if it replaces a committed one), then commit it."""
+        """Write one band (staged if it replaces a committed one), then commit it.
+
+        ``fresh`` says the scene was just created empty, so no leftovers need deleting.
+        """
         import dask.array as da
 
         final = band_key(identifier, band)
         target = staging_key(identifier, band) if replace else final
-        self.client.delete_prefix(target)
+        if not fresh:
+            self.client.delete_prefix(target)  # what a killed writer left there
         var = ds[band]
         attrs = json_safe(dict(var.attrs))
         attrs["grid_mapping"] = "spatial_ref"
