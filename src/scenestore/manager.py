@@ -12,6 +12,9 @@ original was fragile, scenestore does better:
 * ``open`` is lazy (dask) unless asked to load eagerly, and keeps stored dtypes;
 * ``load`` returns every requested band, also when some were stored and some downloaded;
 * writers to one scene take a per-scene file lock, so overlapping runs do not race.
+
+A store given as an object-store URL (``s3://bucket/prefix``) keeps the same layout and
+promises with conditional writes instead of rename and file locks (:mod:`scenestore.objstore`).
 """
 
 from __future__ import annotations
