@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -105,7 +104,7 @@ class StoreSpec:
     """Everything a task needs to build the library's store manager (small and picklable).
 
     Attributes:
-        store: Store directory.
+        store: Store directory or object-store URL (``s3://bucket/prefix``).
         bands: Canonical bands, in Sentinel-2 order.
         profile: Provider profile name.
         stac_url: STAC API root URL (the profile's default resolved, never None).
@@ -120,8 +119,9 @@ class StoreSpec:
         """Return the library's manager for this store (cheap: no I/O)."""
         from scenestore.stac import StacStoreManager
 
+        # A str stays an object-store URL (s3://...) or becomes a Path in the library.
         return StacStoreManager(
-            list(self.bands), Path(self.store), profile=self.profile, stac_url=self.stac_url
+            list(self.bands), self.store, profile=self.profile, stac_url=self.stac_url
         )
 
 
@@ -150,7 +150,8 @@ class IngestRequest(BaseModel):
     def _check_with_library(self) -> IngestRequest:
         if not str(self.store).strip():
             raise InvalidRequestError(
-                f"Empty store location {self.store!r}; expected a directory path."
+                f"Empty store location {self.store!r}; expected a directory path or an "
+                "object-store URL (s3://bucket/prefix)."
             )
         normalize_bands(self.bands)
         get_profile(self.profile)

@@ -28,11 +28,9 @@ from prefect.tasks import exponential_backoff
 
 from flows.params import StoreSpec, query_from_key
 from scenestore.errors import ScenestoreError, TransientSourceError
-from scenestore.layout import scene_path
 from scenestore.manager import IngestResult
 from scenestore.redact import redact
 from scenestore.search import search_scenes
-from scenestore.storage import array_bytes
 
 #: Retries of a transient failure unless a run asks otherwise (RunOptions.retries).
 DEFAULT_RETRIES = 3
@@ -207,9 +205,8 @@ def save_scene(dataset: xr.Dataset, identifier: str, spec: StoreSpec) -> IngestR
     manager = spec.manager()
     manager.save_to_store(dataset, identifier)
     bands = [str(b) for b in dataset.data_vars]
-    scene = scene_path(manager.store, identifier)  # type: ignore[arg-type]
     return IngestResult(
-        identifier, fetched=tuple(bands), bytes_written=sum(array_bytes(scene, b) for b in bands)
+        identifier, fetched=tuple(bands), bytes_written=manager.stored_bytes(identifier, bands)
     )
 
 

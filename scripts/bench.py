@@ -9,7 +9,12 @@ HTTP on 127.0.0.1 by a separate process):
 * limit      - the same COG bytes downloaded whole, decoded with rasterio, resampled to 10 m
                (nearest) and written with the same zarr codec in chunks that fit, spread over
                both cores (two processes);
-* scenestore - ``StacStoreManager.download_and_store`` of the same scenes.
+* scenestore - ``StacStoreManager.download_and_store`` of the same scenes;
+* s3         - the same, with the store on an S3-compatible server (moto_server on 127.0.0.1,
+               started here, in its own process);
+* dask       - the ``ingest`` flow's per-scene part (``store-scene`` tasks) on an existing
+               Dask cluster: ``dask scheduler`` and two ``dask worker`` processes started here,
+               against a Prefect test server, into a local-disk store.
 
 Each variant runs in a fresh process (no shared GDAL cache), its peak RSS sampled over its
 whole process tree. The last line printed is one JSON object with the figures.
@@ -224,6 +229,52 @@ def variant_scenestore(items: list[dict], store: Path) -> dict:
     return {"ingest_s": time.perf_counter() - started, "cpu_s": cpu_seconds() - cpu}
 
 
+def variant_s3(items: list[dict], store: str) -> dict:
+    """scenestore's ingest of the same scenes into the object store at ``store`` (s3://)."""
+    return variant_scenestore(items, store)
+
+
+def _warm_worker() -> None:
+    """Pay the imports a scene needs before the clock starts, as the local variants do."""
+    import flows.tasks  # noqa: F401
+    import odc.stac  # noqa: F401
+    import prefect.task_engine  # noqa: F401
+
+    import scenestore.stac  # noqa: F401
+
+
+def variant_dask(items: list[dict], store: Path) -> dict:
+    """The flow's per-scene part on a 2-worker Dask cluster (scheduler + workers started here)."""
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # flows/ and the test cluster helper
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from distributed import Client
+    from flows.ingest import ingest_items as ingest_flow_items
+    from flows.params import RunOptions, make_store_spec
+    from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    from dask_cluster import DaskCluster
+
+    @flow(name="bench-dask-ingest")
+    def run(docs: list[dict], address: str) -> dict:
+        spec = make_store_spec(str(store), ALL_BANDS, stac_url="http://127.0.0.1:9")
+        options = RunOptions(max_in_flight=2, dask_address=address)
+        return ingest_flow_items(docs, spec, options, label="bench")
+
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        DaskCluster(workers=2) as cluster,
+        Client(cluster.address) as client,
+    ):
+        client.run(_warm_worker)
+        started = time.perf_counter()
+        summary = run(items, cluster.address)
+        elapsed = time.perf_counter() - started
+    if summary.get("failed") or summary.get("stored") != len(items):
+        raise SystemExit(f"dask ingest failed: {summary}")
+    return {"ingest_s": elapsed}
+
+
 def variant_incremental(items: list[dict], store: Path) -> dict:
     """4 bands, then all 13: time, and whether any stored chunk of the 4 was rewritten."""
     import pystac
@@ -308,7 +359,7 @@ def variant_check(items: list[dict], store: Path, how: str) -> dict:
 
 def _child(args: argparse.Namespace) -> None:
     items = json.loads(Path(args.items).read_text())
-    store = Path(args.store)
+    store = args.store if args.store.startswith("s3://") else Path(args.store)
     if args.variant.startswith("check-"):
         result = variant_check(items, store, args.variant.split("-", 1)[1])
     else:
@@ -333,6 +384,22 @@ def _check_store(src_scene: Path, target: Path) -> None:
     target.mkdir(parents=True)
     for i in range(CHECK_SCENES):
         shutil.copytree(src_scene, target / f"es-l2a_copy{i:04d}.zarr", copy_function=os.link)
+
+
+def run_s3(items_file: Path) -> dict:
+    """The s3 variant against a moto_server started (and stopped) for it."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from s3server import MotoServer
+
+    saved = dict(os.environ)
+    with MotoServer() as server:
+        os.environ.update(server.env())  # the variant's process inherits endpoint and keys
+        try:
+            url = f"s3://{server.bucket}/bench"
+            return run_variant("s3", ["--items", str(items_file), "--store", url])
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 def main() -> None:
@@ -372,6 +439,10 @@ def main() -> None:
             return result
 
         results = {name: run(name) for name in ("baseline", "limit", "scenestore")}
+        results["s3"] = run_s3(items_file)
+        results["dask"] = run("dask")
+        for name in ("s3", "dask"):
+            results[name]["mb_s"] = source / 1e6 / results[name]["ingest_s"]
         incremental = run("incremental")
         opened = run("open", "scenestore")
         first = next((Path(tmp) / "scenestore").glob("*.zarr"))
@@ -387,9 +458,14 @@ def main() -> None:
             f"{r['mb_s']:>9.1f}{r['peak_rss_mb']:>13.0f}"
         )
     s, b, lim = results["scenestore"], results["baseline"], results["limit"]
+    s3, dsk = results["s3"], results["dask"]
     print(
         f"\nscenestore / baseline throughput: {b['ingest_s'] / s['ingest_s']:.2f}x"
         f"   scenestore / limit: {lim['ingest_s'] / s['ingest_s']:.2f}x"
+    )
+    print(
+        f"S3 store vs local disk: {s['ingest_s'] / s3['ingest_s']:.2f}x   2-worker Dask vs "
+        f"local: {s['ingest_s'] / dsk['ingest_s']:.2f}x (above 1: faster than local disk)"
     )
     print(
         f"one scene: 4 bands {incremental['four_s']:.2f} s, then asking for 13 "
@@ -416,6 +492,11 @@ def main() -> None:
         "scenestore_s": round(s["ingest_s"], 2),
         "ingest_vs_baseline": round(b["ingest_s"] / s["ingest_s"], 2),
         "ingest_vs_limit": round(lim["ingest_s"] / s["ingest_s"], 2),
+        "s3_s": round(s3["ingest_s"], 2),
+        "dask_s": round(dsk["ingest_s"], 2),
+        "s3_ingest_vs_local": round(s["ingest_s"] / s3["ingest_s"], 2),
+        "dask_ingest_vs_local": round(s["ingest_s"] / dsk["ingest_s"], 2),
+        "s3_peak_rss_mb": round(s3["peak_rss_mb"]),
         "peak_rss_mb": round(s["peak_rss_mb"]),
         "baseline_peak_rss_mb": round(b["peak_rss_mb"]),
         "limit_peak_rss_mb": round(lim["peak_rss_mb"]),

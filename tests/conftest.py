@@ -24,3 +24,25 @@ def http(world):
     """The world's COG server with its request counters reset for this test."""
     world.http.reset_stats()
     return world.http
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto_server) on 127.0.0.1, once per session."""
+    from s3server import MotoServer
+
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_store(s3_server, monkeypatch, request):
+    """A fresh ``s3://`` store URL on the test server, with its endpoint and keys in the env."""
+    import uuid
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:40]
+    return f"s3://{s3_server.bucket}/{name}-{uuid.uuid4().hex[:8]}"

@@ -53,7 +53,22 @@ CloudOpt = Annotated[
     float | None, typer.Option("--max-cloud", help="Maximum cloud cover in percent.")
 ]
 TilesOpt = Annotated[str | None, typer.Option("--tiles", help="MGRS tiles, e.g. 33UUP,33UVP.")]
-StoreOpt = Annotated[Path, typer.Option("--store", help="Store directory.")]
+def _store_location(text: str) -> Any:
+    """A Path, or an object-store URL kept as text (validated in the command: one-line errors)."""
+    from scenestore.objstore.location import is_object_url
+
+    return text if is_object_url(text) else Path(text)
+
+
+StoreOpt = Annotated[
+    Any,
+    typer.Option(
+        "--store",
+        parser=_store_location,
+        help="Store directory, or an object-store URL such as s3://bucket/prefix "
+        "(endpoint from AWS_ENDPOINT_URL, credentials from the AWS_* variables).",
+    ),
+]
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -277,7 +292,7 @@ def ls_(
     """List the scenes in a store: sensing date, tile, cloud cover, bands and size."""
     import json
 
-    from scenestore.inventory import list_scenes
+    from scenestore.stores import list_scenes
 
     infos = list_scenes(store)
     if as_json:
@@ -306,13 +321,10 @@ def info(
     store: StoreOpt, identifier: Annotated[str, typer.Argument(help="Scene identifier.")]
 ) -> None:
     """Show one scene's grid, bands and attributes."""
-    import zarr
-
-    from scenestore.inventory import band_details, scene_info
-    from scenestore.layout import scene_path
+    from scenestore.stores import band_details, open_scene_group, scene_info
 
     meta = scene_info(store, identifier)
-    group = zarr.open_group(scene_path(store, identifier), mode="r")
+    group = open_scene_group(store, identifier)
     x, y = group["x"][...], group["y"][...]
     crs = dict(group["spatial_ref"].attrs).get("crs_wkt", "") if "spatial_ref" in group else ""
     console.print(f"[bold]{meta.identifier}[/]  ({_size(meta.size_bytes)})")
@@ -353,8 +365,8 @@ def open_(
     profile: ProfileOpt = "earth-search",
 ) -> None:
     """Open a stored scene offline (never the network) and print what it holds."""
-    from scenestore.inventory import check_store
     from scenestore.stac import StacStoreManager
+    from scenestore.stores import check_store
 
     check_store(store)
     manager = StacStoreManager(normalize_bands(bands), store, profile=profile)
@@ -374,7 +386,7 @@ def verify(
     ] = False,
 ) -> None:
     """Check every committed band against its commit record (shape, chunks, checksum)."""
-    from scenestore.verify import repair, verify_store
+    from scenestore.stores import repair, verify_store
 
     checked, damage = verify_store(store, identifiers or None)
     if not damage:

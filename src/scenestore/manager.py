@@ -12,6 +12,9 @@ original was fragile, scenestore does better:
 * ``open`` is lazy (dask) unless asked to load eagerly, and keeps stored dtypes;
 * ``load`` returns every requested band, also when some were stored and some downloaded;
 * writers to one scene take a per-scene file lock, so overlapping runs do not race.
+
+A store given as an object-store URL (``s3://bucket/prefix``) keeps the same layout and
+promises with conditional writes instead of rename and file locks (:mod:`scenestore.objstore`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import xarray as xr
 from filelock import FileLock
@@ -31,6 +35,7 @@ from filelock import FileLock
 from scenestore.commit import CommitRecord, committed_bands, drop_commit, write_commit
 from scenestore.errors import InvalidRequestError, ScenestoreError, StoreError, StoreRequiredError
 from scenestore.layout import LOCKS_DIR, lock_path, scene_path
+from scenestore.objstore.location import is_object_url
 from scenestore.storage import (
     align_chunks,
     band_names,
@@ -44,6 +49,9 @@ from scenestore.storage import (
     promote_staged,
     write_bands,
 )
+
+if TYPE_CHECKING:
+    from scenestore.objstore.scenes import ObjectScenes
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +90,10 @@ class StoreManager(ABC, Generic[SceneItem]):
 
     Args:
         bands: The bands this manager handles.
-        store: Directory holding one zarr store per scene (a ``str`` becomes a ``Path``);
-            ``None`` means no store: everything is downloaded and nothing is kept.
+        store: Directory holding one zarr store per scene (a ``str`` becomes a ``Path``), or
+            an object-storage URL such as ``s3://bucket/prefix`` (kept as the string; see
+            :mod:`scenestore.objstore`); ``None`` means no store: everything is downloaded and
+            nothing is kept.
 
     Raises:
         InvalidRequestError: If ``bands`` is empty or repeats a band.
@@ -96,7 +106,15 @@ class StoreManager(ABC, Generic[SceneItem]):
         if len(set(bands)) != len(bands):
             raise InvalidRequestError(f"Band list {bands!r} repeats a band; expected each once.")
         self.bands = bands
-        self.store = Path(store) if isinstance(store, str) else store
+        #: The object-storage backend when ``store`` is a URL (None for a local store).
+        self.objects: ObjectScenes | None = None
+        if is_object_url(store):
+            from scenestore.objstore.scenes import ObjectScenes
+
+            self.objects = ObjectScenes(str(store))
+            self.store: Path | str | None = str(store)
+        else:
+            self.store = Path(store) if isinstance(store, str) else store
 
     # -- what a subclass supplies -------------------------------------------------------------
 
@@ -118,6 +136,8 @@ class StoreManager(ABC, Generic[SceneItem]):
         """Return whether ``<store>/<identifier>.zarr`` exists (False without a store)."""
         if self.store is None:
             return False
+        if self.objects is not None:
+            return self.objects.exists(identifier)
         return scene_path(self.store, identifier).exists()
 
     def missing_bands(self, identifier: str) -> list[str]:
@@ -127,7 +147,10 @@ class StoreManager(ABC, Generic[SceneItem]):
         """
         if self.store is None:
             return list(self.bands)
-        present = committed_bands(scene_path(self.store, identifier))
+        if self.objects is not None:
+            present = self.objects.committed_bands(identifier)
+        else:
+            present = committed_bands(scene_path(self.store, identifier))
         return [b for b in self.bands if b not in present]
 
     def complete(self, identifier: str) -> bool:
@@ -245,13 +268,27 @@ class StoreManager(ABC, Generic[SceneItem]):
 
     # -- internals ----------------------------------------------------------------------------
 
+    def stored_bytes(self, identifier: str, bands: list[str]) -> int:
+        """Return the bytes the given stored band arrays occupy (0 without a store)."""
+        if self.store is None:
+            return 0
+        if self.objects is not None:
+            return self.objects.stored_bytes(identifier, bands)
+        from scenestore.storage import array_bytes
+
+        return sum(array_bytes(scene_path(self.store, identifier), b) for b in bands)
+
     def _open(self, identifier: str, *, eager: bool = False) -> xr.Dataset:
         store = self._require_store("open")
+        if self.objects is not None:
+            return self.objects.open(identifier, list(self.bands), eager=eager)
         return open_scene(scene_path(store, identifier), list(self.bands), eager=eager)
 
     def _save(self, dataset: xr.Dataset, identifier: str) -> int:
         """Write and commit the bands of ``dataset``; the caller holds the scene lock."""
         store = self._require_store("save_to_store")
+        if self.objects is not None:
+            return self.objects.save(self, dataset, identifier)
         scene = scene_path(store, identifier)
         bands = band_names(dataset)
         if not bands:
@@ -317,7 +354,7 @@ class StoreManager(ABC, Generic[SceneItem]):
         )
         return print_.nbytes
 
-    def check_writable(self) -> Path:
+    def check_writable(self) -> Path | str:
         """Check, before any download, that the store can be created and written to.
 
         Raises:
@@ -325,6 +362,8 @@ class StoreManager(ABC, Generic[SceneItem]):
             StoreError: If the store path is a file or not writable.
         """
         store = self._require_store("check_writable")
+        if self.objects is not None:
+            return self.objects.check_writable()
         self._ensure_store_dir(store)
         probe = store / LOCKS_DIR
         try:
@@ -338,7 +377,7 @@ class StoreManager(ABC, Generic[SceneItem]):
             ) from err
         return store
 
-    def _require_store(self, operation: str) -> Path:
+    def _require_store(self, operation: str) -> Any:
         if self.store is None:
             raise StoreRequiredError(
                 f"{operation} needs a store, but this {type(self).__name__} was created with "
@@ -360,7 +399,9 @@ class StoreManager(ABC, Generic[SceneItem]):
                 "writable location."
             ) from err
 
-    def _lock(self, store: Path, identifier: str) -> FileLock:
+    def _lock(self, store: Path, identifier: str) -> FileLock | AbstractContextManager[Any]:
+        if self.objects is not None:
+            return self.objects.lock(identifier, timeout_s=LOCK_TIMEOUT_S)
         self._ensure_store_dir(store)
         path = lock_path(store, identifier)
         try:

@@ -95,21 +95,31 @@ def check_grid(scene: Path, ds: xr.Dataset, *, identifier: str) -> None:
     Raises:
         CoordinateMismatchError: If shape, coordinates (beyond 1/1000 of a pixel) or CRS differ.
     """
-    group = zarr.open_group(scene, mode="r")
+    check_group_grid(
+        zarr.open_group(scene, mode="r"), ds, identifier=identifier, where=str(scene.parent)
+    )
+
+
+def check_group_grid(group: zarr.Group, ds: xr.Dataset, *, identifier: str, where: str) -> None:
+    """:func:`check_grid` on an open scene group (any zarr store); ``where`` names the store.
+
+    Raises:
+        CoordinateMismatchError: If shape, coordinates (beyond 1/1000 of a pixel) or CRS differ.
+    """
     for dim in ("x", "y"):
         stored = np.asarray(group[dim][...])
         new = np.asarray(ds[dim].values)
         if stored.shape != new.shape:
             raise CoordinateMismatchError(
                 f"Scene {identifier!r}: new bands have {new.size} {dim} values but the stored "
-                f"scene in {scene.parent} has {stored.size}; expected the stored grid."
+                f"scene in {where} has {stored.size}; expected the stored grid."
             )
         step = abs(float(stored[1] - stored[0])) if stored.size > 1 else 1.0
         diff = float(np.max(np.abs(stored - new))) if stored.size else 0.0
         if diff > step * 1e-3:
             raise CoordinateMismatchError(
                 f"Scene {identifier!r}: new bands' {dim} coordinates differ from the stored ones "
-                f"in {scene.parent} by up to {diff:g} (pixel size {step:g}); expected the stored "
+                f"in {where} by up to {diff:g} (pixel size {step:g}); expected the stored "
                 "grid. Use load(..., force=True) after deleting the scene to replace it."
             )
     stored_crs = _crs_of(dict(group["spatial_ref"].attrs)) if "spatial_ref" in group else None
@@ -117,7 +127,7 @@ def check_grid(scene: Path, ds: xr.Dataset, *, identifier: str) -> None:
     if stored_crs is not None and new_crs is not None and stored_crs != new_crs:
         raise CoordinateMismatchError(
             f"Scene {identifier!r}: new bands are in {new_crs.to_string()} but the stored scene "
-            f"in {scene.parent} is in {stored_crs.to_string()}; expected the stored CRS."
+            f"in {where} is in {stored_crs.to_string()}; expected the stored CRS."
         )
 
 

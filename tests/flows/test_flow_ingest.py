@@ -7,6 +7,7 @@ server, task runs and their attempt counts read back from the API, scenes in the
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import UTC, datetime, timedelta
 
@@ -208,24 +209,31 @@ def test_ingest_scene_runs_four_steps_and_retries_the_save(world, http, faults, 
     assert sorted(runs_by_name(again)) == ["missing-bands", "scene-identifier"]
 
 
-def test_ingest_runs_scenes_on_a_dask_cluster(world, ingest_params, store):
+def test_ingest_runs_scenes_on_an_existing_dask_cluster_into_s3(world, ingest_params, s3_server,
+                                                                 s3_store):
+    """`dask scheduler` and two `dask worker` processes started here, the store on S3: the
+    scenes run on the workers (the pixels too) and land in the one shared object store."""
     distributed = pytest.importorskip("distributed")
+    from dask_cluster import DaskCluster
+    from scenestore.objstore.catalog import verify_scene
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client, \
+    with DaskCluster(workers=2, env=s3_server.env()) as cluster, \
+            distributed.Client(cluster.address) as client, \
             distributed.get_task_stream(client) as stream:
-        options = {**ingest_params["options"], "dask_address": cluster.scheduler_address}
-        state = ingest(**{**ingest_params, "options": options}, return_state=True)
-        workers = set(cluster.scheduler.workers)
+        options = {**ingest_params["options"], "dask_address": cluster.address}
+        params = {**ingest_params, "store": s3_store, "options": options}
+        state = ingest(**params, return_state=True)
+        workers = client.run(os.getpid)
+        started_here = cluster.worker_pids()
 
     assert state.is_completed(), state.message
     assert state.result()["stored"] == 4
-    mgr = manager(store, world)
+    mgr = manager(s3_store, world)
     assert all(mgr.complete(mgr.identifier(item)) for item in world.items)
+    assert all(verify_scene(mgr.objects, mgr.identifier(item)) == [] for item in world.items)
     ran_on = [t["worker"] for t in stream.data if str(t["key"]).startswith("store_scene-")]
-    assert len(ran_on) == 4 and set(ran_on) <= workers
-    # The pixel reads the task triggers also run on the cluster's workers.
+    assert len(ran_on) == 4 and set(ran_on) <= set(workers)
+    assert set(workers.values()) == started_here, "the test's own worker processes"
     # A scene's pixel work runs inside the worker process that runs its store_scene task (the
     # library writes bands from its own threads with dask's local scheduler), so no pixels
     # travel between workers and nothing else is scheduled on the cluster.
