@@ -315,7 +315,8 @@ def ingest_items(
         _run_scenes(todo, spec, options, summary, progress)
     progress.finish()
     stored = [r["scene"] for r in summary.rows if r["status"] == "stored"]
-    publish_quicklooks(stored, spec, label=label)
+    if options.quicklooks:
+        publish_quicklooks(stored, spec, label=label)
     summary.seconds = time.perf_counter() - started
     create_table_artifact(
         table=summary.rows,

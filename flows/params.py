@@ -97,6 +97,9 @@ class RunOptions(BaseModel):
     dask_workers: Annotated[
         int, Field(ge=1, le=64, description="Worker processes of the local Dask cluster.")
     ] = 2
+    quicklooks: Annotated[
+        bool, Field(description="Render a quicklook of each stored scene into the run's artifact.")
+    ] = True
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import string
 from datetime import date
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,7 @@ from scenestore.aoi import parse_bbox, parse_geojson
 from scenestore.bands import ALL_BANDS, normalize_bands
 from scenestore.errors import InvalidIdentifierError, InvalidRequestError
 from scenestore.ids import validate_identifier
-from scenestore.layout import choose_chunk, scene_path
+from scenestore.layout import choose_chunk, covers_whole_chunks, scene_path
 from scenestore.profiles import epsg_of, get_profile, normalize_tile, require_utm, tile_of
 from scenestore.search import build_query
 
@@ -191,3 +192,29 @@ def test_native_grids_that_nest_are_read_natively_and_others_warped():
     plan = plan_reads(item, {"B04": "red", "SCL": "scl", "B01": "coastal"}, tile, 1830)
     assert plan == {1: {"B04": "red"}, 2: {"SCL": "scl"}, 6: {"B01": "coastal"}}
     assert coarsen(tile, 6).shape == (1830, 1830) and coarsen(tile, 6).affine.a == 60
+
+
+@given(
+    st.integers(1, 40),  # chunks along the axis
+    st.integers(1, 500),  # chunk edge
+    st.integers(0, 499),  # pixels of a last, partial chunk
+    st.data(),
+)
+def test_blocks_of_whole_chunks_need_no_rechunk(n, edge, rest, data):
+    rest = rest % edge
+    size = n * edge + rest
+    # Blocks made of whole chunks (a row strip, say), the last one ending at the array's end.
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, n - 1 + bool(rest))), max_size=5)))
+    ends = [c * edge for c in cuts if c * edge < size] + [size]
+    blocks = tuple(b - a for a, b in pairwise([0, *ends]))
+    assert covers_whole_chunks((blocks,), (edge,), (size,))
+    if edge > 1:
+        # A block boundary inside a chunk means two tasks would write one chunk.
+        inside = min(edge - 1, size - 1)
+        assert not covers_whole_chunks(((inside, size - inside),), (edge,), (size,))
+
+
+def test_row_strips_of_a_full_tile_cover_whole_chunks():
+    strips = ((1830,) * 6, (10980,))
+    assert covers_whole_chunks(strips, (1830, 1830), (10980, 10980))
+    assert not covers_whole_chunks(((1000, 9980), (10980,)), (1830, 1830), (10980, 10980))

@@ -70,3 +70,22 @@ def choose_chunk(size: int, target: int = DEFAULT_CHUNK_TARGET) -> int:
     # Too small a chunk means too many files; among near-equal ones prefer the larger.
     useful = [d for d in divisors if d >= target // 4] or [size]
     return min(useful, key=lambda d: (abs(d - target), -d))
+
+
+def covers_whole_chunks(
+    blocks: tuple[tuple[int, ...], ...], chunks: tuple[int, ...], shape: tuple[int, ...]
+) -> bool:
+    """Whether every dask block boundary falls on a zarr chunk boundary (or the array's end).
+
+    Args:
+        blocks: Dask chunks, one tuple of block lengths per dimension.
+        chunks: Zarr chunk shape.
+        shape: Array shape.
+    """
+    for lengths, edge, size in zip(blocks, chunks, shape, strict=True):
+        end = 0
+        for length in lengths:
+            end += int(length)
+            if end % int(edge) and end != int(size):
+                return False
+    return True

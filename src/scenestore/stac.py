@@ -258,7 +258,9 @@ class StacStoreManager(StoreManager[pystac.Item]):
                 bands=list(group.values()),
                 geobox=grid,
                 resampling="nearest",
-                chunks={"x": edge, "y": edge},
+                # Row strips of whole stored chunks: a COG tile on the border of two chunks
+                # is decoded once per strip rather than once per chunk it touches.
+                chunks={"x": grid.shape[1], "y": edge},
                 stac_cfg=stac_cfg,
                 groupby="id",
                 patch_url=lambda href: readable.get(href, href),

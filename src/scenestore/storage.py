@@ -21,7 +21,7 @@ import zarr
 
 from scenestore.commit import committed_bands, ensure_commits_group
 from scenestore.errors import CoordinateMismatchError, IncompleteSceneError, SceneNotFoundError
-from scenestore.layout import STAGING_DIR, choose_chunk, identifier_of
+from scenestore.layout import STAGING_DIR, choose_chunk, covers_whole_chunks, identifier_of
 
 #: Coordinates that describe the grid rather than a band.
 GRID_VARS = ("x", "y", "spatial_ref")
@@ -54,26 +54,22 @@ def fit_encodings(encodings: dict[str, dict], ds: xr.Dataset) -> dict[str, dict]
 
 
 def align_chunks(ds: xr.Dataset, encodings: dict[str, dict]) -> xr.Dataset:
-    """Rechunk dask-backed bands to their zarr chunks, so each task writes whole chunks."""
+    """Rechunk dask-backed bands so that each task writes whole zarr chunks.
+
+    A band whose dask blocks already cover whole zarr chunks (a row strip of several chunks,
+    say) is left as it is: each task then writes its chunks without a lock, and even a no-op
+    rechunk costs graph work.
+    """
     out = ds
     for band in band_names(ds):
         chunks = encodings.get(band, {}).get("chunks")
         have = ds[band].chunks
-        if not chunks or have is None or _is_aligned(have, chunks, ds[band].shape):
-            continue  # an aligned band is left as it is: even a no-op rechunk costs graph work
+        if not chunks or have is None or covers_whole_chunks(have, chunks, ds[band].shape):
+            continue
         if out is ds:
             out = ds.copy()
         out[band] = ds[band].chunk(dict(zip(ds[band].dims, chunks, strict=True)))
     return out
-
-
-def _is_aligned(have: tuple[tuple[int, ...], ...], chunks: tuple[int, ...], shape) -> bool:
-    """Whether dask chunks ``have`` are exactly the zarr chunk grid ``chunks`` over ``shape``."""
-    for dim_chunks, edge, size in zip(have, chunks, shape, strict=True):
-        full, rest = divmod(int(size), int(edge))
-        if tuple(dim_chunks) != (int(edge),) * full + ((rest,) if rest else ()):
-            return False
-    return True
 
 
 def create_scene(scene: Path, ds: xr.Dataset) -> None:
@@ -183,16 +179,17 @@ def write_bands(scene: Path, ds: xr.Dataset, encodings: dict[str, dict]) -> Path
     return target
 
 
-#: Chunks read, decoded and compressed at once across all bands being written. GDAL reads
-#: and Blosc release the GIL; more threads than cores keep the cores busy while requests wait.
-CHUNKS_IN_FLIGHT = 8
+#: Blocks (row strips of whole chunks) read, decoded and compressed at once, across every
+#: band and scene being written. GDAL reads and Blosc release the GIL, so twice the cores keeps
+#: both busy while requests wait; each block of a full tile holds ~100 MB while in flight.
+BLOCKS_IN_FLIGHT = 4
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
 def chunk_pool() -> ThreadPoolExecutor:
-    """The process-wide thread pool that reads and writes band chunks (created on first use).
+    """The process-wide thread pool that reads and writes band blocks (created on first use).
 
     One pool shared by every band being written bounds the work in flight (and so memory and
     open requests) however many bands and scenes are written at once.
@@ -200,7 +197,7 @@ def chunk_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=CHUNKS_IN_FLIGHT, thread_name_prefix="chunk")
+            _pool = ThreadPoolExecutor(max_workers=BLOCKS_IN_FLIGHT, thread_name_prefix="block")
         return _pool
 
 

@@ -63,6 +63,7 @@ from scenestore.storage import (
     align_chunks,
     band_names,
     check_group_grid,
+    chunk_pool,
     fit_encodings,
     json_safe,
 )
@@ -316,7 +317,15 @@ class ObjectScenes:
         )
         if isinstance(var.data, da.Array):
             # Chunks are aligned with the zarr chunks, so tasks write whole chunks without a lock.
-            da.store(var.data.astype(array.dtype), array, lock=False, compute=True)
+            # The same local pool as local stores: dask's default scheduler would import
+            # distributed and, inside a Dask worker, send each block back to the cluster.
+            da.store(
+                var.data.astype(array.dtype),
+                array,
+                lock=False,
+                compute=True,
+                scheduler=chunk_pool(),
+            )
         else:
             array[...] = np.asarray(var.data, dtype=array.dtype)
         chunks = dict(recorder.chunks)
