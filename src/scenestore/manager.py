@@ -23,6 +23,7 @@ import logging
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -287,9 +288,6 @@ class StoreManager(ABC, Generic[SceneItem]):
     def _save(self, dataset: xr.Dataset, identifier: str) -> int:
         """Write and commit the bands of ``dataset``; the caller holds the scene lock."""
         store = self._require_store("save_to_store")
-        if self.objects is not None:
-            return self.objects.save(self, dataset, identifier)
-        scene = scene_path(store, identifier)
         bands = band_names(dataset)
         if not bands:
             raise InvalidRequestError(
@@ -297,6 +295,9 @@ class StoreManager(ABC, Generic[SceneItem]):
             )
         encodings = fit_encodings(self.encodings(bands), dataset)
         dataset = align_chunks(dataset, encodings)
+        if self.objects is not None:
+            return self.objects.save(self, dataset, identifier, encodings)
+        scene = scene_path(store, identifier)
         self._ensure_store_dir(store)
         present = committed_bands(scene)
         if present:
@@ -306,29 +307,52 @@ class StoreManager(ABC, Generic[SceneItem]):
             create_scene(scene, dataset)
         clear_staging(scene)
         prepare_staging(scene)
-        # Each band is written and committed on its own, several at a time: a failed read
-        # costs only its band, so a retry fetches what is still missing, not the whole scene.
+        try:
+            written = self.write_each_band(
+                bands,
+                lambda band: self._write_band(scene, dataset, band, encodings[band]),
+                identifier=identifier,
+            )
+        finally:
+            clear_staging(scene)
+        logger.info("Stored %s bands %s (%d bytes)", identifier, bands, written)
+        return written
+
+    def write_each_band(
+        self, bands: list[str], write: Callable[[str], int], *, identifier: str
+    ) -> int:
+        """Write and commit each band on its own, :data:`BANDS_IN_FLIGHT` at a time.
+
+        A failed read costs only its band: the other bands still finish and commit, so a retry
+        fetches what is still missing, not the whole scene.
+
+        Args:
+            bands: Bands to write.
+            write: Writes and commits one band; returns its bytes.
+            identifier: The scene, for error messages.
+
+        Returns:
+            Bytes written over all bands.
+
+        Raises:
+            ScenestoreError: The first band's failure, source failures translated by
+                :meth:`translate_error` (lazy datasets fetch while writing, so they surface
+                here).
+        """
         written, errors = 0, []
         with ThreadPoolExecutor(
             max_workers=min(len(bands), BANDS_IN_FLIGHT), thread_name_prefix="band"
         ) as pool:
-            futures = [
-                pool.submit(self._write_band, scene, dataset, band, encodings[band])
-                for band in bands
-            ]
-            for future in futures:
+            for future in [pool.submit(write, band) for band in bands]:
                 try:
                     written += future.result()
                 except Exception as err:  # collected: the other bands still finish and commit
                     errors.append(err)
-        clear_staging(scene)
         if errors:
             err = errors[0]
             if isinstance(err, ScenestoreError):
                 raise err
-            # Lazy datasets fetch while writing, so source failures surface here.
             raise self.translate_error(err, identifier) from err
-        logger.info("Stored %s bands %s (%d bytes)", identifier, bands, written)
         return written
 
     def _write_band(self, scene: Path, dataset: xr.Dataset, band: str, enc: dict) -> int:

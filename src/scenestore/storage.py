@@ -132,31 +132,26 @@ def prepare_staging(scene: Path) -> None:
     zarr.open_group(scene / STAGING_DIR, mode="a", zarr_format=3)
 
 
-def write_bands(scene: Path, ds: xr.Dataset, encodings: dict[str, dict]) -> Path:
-    """Write one band array into the staging group, streaming dask chunks to disk.
+def write_band_array(store: Any, name: str, var: xr.DataArray, enc: dict[str, Any]) -> None:
+    """Create one band array at ``name`` in a zarr store and stream ``var`` into it.
 
     The array is created with zarr directly (xarray's ``to_zarr`` costs tens of milliseconds
     per call, which small scenes pay 13 times); its metadata is what xarray writes and reads:
-    ``dimension_names`` y/x and the band's attributes. Nothing under the band's own name
-    changes here: :func:`promote_staged` moves the finished array into place, so a failed or
-    killed download never damages a band already stored.
+    ``dimension_names`` y/x and the band's attributes.
 
-    Returns:
-        The staged array directory.
+    Args:
+        store: A zarr v3 store (a local directory or an object store).
+        name: The array's path in the store.
+        var: The band, dask-backed (streamed block by block) or in memory.
+        enc: The band's encoding (dtype, chunks, fill value, compressors).
     """
     import dask.array as da
-    from zarr.storage import LocalStore
 
-    (band,) = band_names(ds)
-    var = ds[band]
-    enc = encodings[band]
     attrs = json_safe(dict(var.attrs))
     attrs["grid_mapping"] = "spatial_ref"
-    target = staged_array(scene, band)
-    shutil.rmtree(target, ignore_errors=True)
     array = zarr.create_array(
-        store=LocalStore(scene / STAGING_DIR),
-        name=band,
+        store=store,
+        name=name,
         shape=var.shape,
         dtype=enc.get("dtype", var.dtype),
         chunks=tuple(enc.get("chunks") or var.shape),
@@ -166,16 +161,32 @@ def write_bands(scene: Path, ds: xr.Dataset, encodings: dict[str, dict]) -> Path
         dimension_names=[str(d) for d in var.dims],
         zarr_format=3,
     )
-    data = var.data
-    if isinstance(data, da.Array):
-        # Chunks are aligned with the zarr chunks, so tasks write whole chunks without a lock.
-        # An explicit local scheduler: dask's default would import distributed and, inside
-        # a Dask worker, hand each chunk back to the cluster from within a task.
+    if isinstance(var.data, da.Array):
+        # Blocks cover whole zarr chunks (align_chunks), so tasks write without a lock. An
+        # explicit local scheduler: dask's default would import distributed and, inside a
+        # Dask worker, hand each block back to the cluster from within a task.
         da.store(
-            data.astype(array.dtype), array, lock=False, compute=True, scheduler=chunk_pool()
+            var.data.astype(array.dtype), array, lock=False, compute=True, scheduler=chunk_pool()
         )
     else:
-        array[...] = np.asarray(data, dtype=array.dtype)
+        array[...] = np.asarray(var.data, dtype=array.dtype)
+
+
+def write_bands(scene: Path, ds: xr.Dataset, encodings: dict[str, dict]) -> Path:
+    """Write one band array into the staging group, streaming dask blocks to disk.
+
+    Nothing under the band's own name changes here: :func:`promote_staged` moves the finished
+    array into place, so a failed or killed download never damages a band already stored.
+
+    Returns:
+        The staged array directory.
+    """
+    from zarr.storage import LocalStore
+
+    (band,) = band_names(ds)
+    target = staged_array(scene, band)
+    shutil.rmtree(target, ignore_errors=True)
+    write_band_array(LocalStore(scene / STAGING_DIR), band, ds[band], encodings[band])
     return target
 
 

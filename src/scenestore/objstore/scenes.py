@@ -28,12 +28,10 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import xarray as xr
 import zarr
 from zarr.storage import WrapperStore
@@ -41,9 +39,7 @@ from zarr.storage import WrapperStore
 from scenestore.commit import CommitRecord
 from scenestore.errors import (
     IncompleteSceneError,
-    InvalidRequestError,
     SceneNotFoundError,
-    ScenestoreError,
     StoreError,
 )
 from scenestore.objstore.client import ObjectClient
@@ -60,12 +56,10 @@ from scenestore.objstore.location import (
 )
 from scenestore.storage import (
     GRID_VARS,
-    align_chunks,
     band_names,
     check_group_grid,
-    chunk_pool,
-    fit_encodings,
     json_safe,
+    write_band_array,
 )
 
 if TYPE_CHECKING:
@@ -224,21 +218,25 @@ class ObjectScenes:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def save(self, manager: StoreManager[Any], dataset: xr.Dataset, identifier: str) -> int:
+    def save(
+        self,
+        manager: StoreManager[Any],
+        dataset: xr.Dataset,
+        identifier: str,
+        encodings: dict[str, dict],
+    ) -> int:
         """Write and commit the bands of ``dataset``, like the local ``StoreManager._save``.
+
+        Args:
+            manager: The manager whose save this is (it writes the bands, several at a time).
+            dataset: The bands, aligned with their zarr chunks.
+            identifier: The scene.
+            encodings: Each band's encoding, with chunks.
 
         Returns:
             Bytes of the committed band arrays.
         """
-        from scenestore.manager import BANDS_IN_FLIGHT
-
         bands = band_names(dataset)
-        if not bands:
-            raise InvalidRequestError(
-                f"Dataset for scene {identifier!r} has no band variables; expected at least one."
-            )
-        encodings = fit_encodings(manager.encodings(bands), dataset)
-        dataset = align_chunks(dataset, encodings)
         present = self.committed_bands(identifier)
         if present:
             group = zarr.open_group(self.zarr_store, path=scene_key(identifier), mode="r")
@@ -247,33 +245,21 @@ class ObjectScenes:
             self._create_scene(identifier, dataset)
         staging = f"{scene_key(identifier)}/_staging"
         self.client.delete_prefix(staging)
-        written, errors = 0, []
-        with ThreadPoolExecutor(
-            max_workers=min(len(bands), BANDS_IN_FLIGHT), thread_name_prefix="band"
-        ) as pool:
-            futures = [
-                pool.submit(
-                    self._write_band,
+        try:
+            written = manager.write_each_band(
+                bands,
+                lambda band: self._write_band(
                     identifier,
                     dataset,
                     band,
                     encodings[band],
                     replace=band in present,
                     fresh=not present,
-                )
-                for band in bands
-            ]
-            for future in futures:
-                try:
-                    written += future.result()
-                except Exception as err:  # collected: the other bands still finish and commit
-                    errors.append(err)
-        self.client.delete_prefix(staging)
-        if errors:
-            err = errors[0]
-            if isinstance(err, ScenestoreError):
-                raise err
-            raise manager.translate_error(err, identifier) from err
+                ),
+                identifier=identifier,
+            )
+        finally:
+            self.client.delete_prefix(staging)
         logger.info("Stored %s bands %s in %s (%d bytes)", identifier, bands, self.url, written)
         return written
 
@@ -293,41 +279,13 @@ class ObjectScenes:
 
         ``fresh`` says the scene was just created empty, so no leftovers need deleting.
         """
-        import dask.array as da
-
         final = band_key(identifier, band)
         target = staging_key(identifier, band) if replace else final
         if not fresh:
             self.client.delete_prefix(target)  # what a killed writer left there
         var = ds[band]
-        attrs = json_safe(dict(var.attrs))
-        attrs["grid_mapping"] = "spatial_ref"
         recorder = _RecordingStore(self.zarr_store, target)
-        array = zarr.create_array(
-            store=recorder,
-            name=target,
-            shape=var.shape,
-            dtype=enc.get("dtype", var.dtype),
-            chunks=tuple(enc.get("chunks") or var.shape),
-            fill_value=enc.get("fill_value", 0),
-            compressors=enc.get("compressors", "auto"),
-            attributes=attrs,
-            dimension_names=[str(d) for d in var.dims],
-            zarr_format=3,
-        )
-        if isinstance(var.data, da.Array):
-            # Chunks are aligned with the zarr chunks, so tasks write whole chunks without a lock.
-            # The same local pool as local stores: dask's default scheduler would import
-            # distributed and, inside a Dask worker, send each block back to the cluster.
-            da.store(
-                var.data.astype(array.dtype),
-                array,
-                lock=False,
-                compute=True,
-                scheduler=chunk_pool(),
-            )
-        else:
-            array[...] = np.asarray(var.data, dtype=array.dtype)
+        write_band_array(recorder, target, var, enc)
         chunks = dict(recorder.chunks)
         if replace:
             self.drop_commit(identifier, band)
