@@ -31,6 +31,7 @@ from scenestore.objstore.client import ObjectClient
 from scenestore.objstore.lease import LeaseLock
 from scenestore.objstore.location import commit_key, staging_key
 from scenestore.world import FaultPlan
+from writer import writer_results
 
 WRITER = Path(__file__).parent / "writer.py"
 BANDS = ["B02", "B04", "B8A", "SCL"]
@@ -226,14 +227,7 @@ def test_two_writer_processes_on_overlapping_scenes_share_the_work(world, s3_sto
     ids = [i.id for i in world.items]
     first = _spawn(s3_store, world, ids[:3], writer_env, BANDS)
     second = _spawn(s3_store, world, ids[1:], writer_env, BANDS)
-    outs = [
-        json.loads(line)
-        for p in (first, second)
-        for line in p.communicate(timeout=180)[0].splitlines()
-        if line.startswith("{")
-    ]
-    assert first.returncode == 0 and second.returncode == 0
-    assert not [o for o in outs if o["error"]]
+    outs = writer_results(first, second)
     fetched = [(o["identifier"], b) for o in outs for b in o["fetched"]]
     assert len(fetched) == len(set(fetched)), "no band downloaded by both processes"
     assert len(fetched) == len(ids) * len(BANDS), "no band lost"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -18,6 +17,7 @@ from scenestore.commit import committed_bands, read_commit
 from scenestore.ingest import ingest_items
 from scenestore.verify import verify_scene
 from scenestore.world import FaultPlan
+from writer import writer_results
 
 WRITER = Path(__file__).parent / "writer.py"
 
@@ -130,14 +130,7 @@ def test_two_writers_on_overlapping_scenes_share_the_work(world, clean, tmp_path
     ids = [i.id for i in world.items]
     first = _spawn(tmp_path, world, ids[:3])
     second = _spawn(tmp_path, world, ids[1:])
-    outs = [
-        json.loads(line)
-        for p in (first, second)
-        for line in p.communicate(timeout=180)[0].splitlines()
-        if line.startswith("{")
-    ]
-    assert first.returncode == 0 and second.returncode == 0
-    assert not [o for o in outs if o["error"]]
+    outs = writer_results(first, second)
     fetched = [(o["identifier"], b) for o in outs for b in o["fetched"]]
     assert len(fetched) == len(set(fetched)), "no band downloaded by both processes"
     assert len(fetched) == len(ids) * len(ALL_BANDS), "no band lost"

@@ -8,6 +8,7 @@ Prints one JSON line per scene as it finishes: {"identifier", "fetched", "error"
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 from scenestore import StacStoreManager
@@ -32,6 +33,24 @@ def main() -> None:
         )
 
     ingest_items(manager, items, max_workers=2, retries=2, backoff_s=0.05, on_result=report)
+
+
+def writer_results(*procs: subprocess.Popen, timeout: float = 180) -> list[dict]:
+    """Wait for writer processes; return every scene result they printed, in order.
+
+    Raises:
+        AssertionError: If a writer exited non-zero or a scene failed.
+    """
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=timeout)
+        if proc.returncode != 0:
+            raise AssertionError(f"writer {proc.args} exited with {proc.returncode}")
+        results += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    failed = [r for r in results if r["error"]]
+    if failed:
+        raise AssertionError(f"scenes failed: {failed}")
+    return results
 
 
 if __name__ == "__main__":
