@@ -9,6 +9,7 @@ scene that fails during ingest is listed in the summary and makes the exit code 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +33,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+#: Tables are wider than rich's 80-column default for pipes and logs (CI, cron, tee):
+#: squeezed, the identifier and date columns would be cut off ("sensi… 2024-…").
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 err_console = Console(stderr=True)
 
 EXIT_USER_ERROR = 2
