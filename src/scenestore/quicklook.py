@@ -1,7 +1,7 @@
 """True-colour quicklooks of stored scenes: small RGBA PNGs from B04, B03 and B02.
 
 A quicklook is made from a decimated read: every ``step``-th pixel of each band, taken chunk
-by chunk (dask, two chunks at a time), so memory holds the small result and a few decoded
+by chunk (two chunks at a time), so memory holds the small result and a few decoded
 chunks, never a band at full resolution. Digital numbers become reflectance with each band's
 stored ``scale`` and ``offset``; one linear stretch from the 2nd to the 98th percentile maps
 them to 0-255: one stretch for all three bands, so the colour balance stays; taken over the
@@ -21,6 +21,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,17 +202,31 @@ def render_bands(
     return Quicklook(identifier, rgba, step, stretch)
 
 
-def _strided(array, step: int) -> np.ndarray:
-    """Every ``step``-th pixel of a zarr array, one stored chunk per task.
+def _strided(array: Any, step: int) -> np.ndarray:
+    """Every ``step``-th pixel of a 2-D zarr array, read one stored chunk per request.
 
-    Each dask task decodes one chunk and keeps its strided pixels, and the threaded scheduler
-    runs as many tasks as there are workers, so memory holds a few decoded chunks, not the
-    band (a plain ``array[::step, ::step]`` lets zarr decode many chunks at once).
+    Each read selects the strided pixels inside one chunk, so zarr decodes that chunk alone;
+    :data:`QUICKLOOK_WORKERS` threads read at once, so memory holds a few decoded chunks and
+    the result, never the band. (A plain ``array[::step, ::step]``, or a dask graph that
+    pushes the slice down into one read, lets zarr decode every chunk of the band at once.)
     """
-    import dask.array as da
+    rows, cols = (int(n) for n in array.shape)
+    chunk_rows, chunk_cols = (int(n) for n in array.chunks)
+    out = np.empty((-(-rows // step), -(-cols // step)), dtype=array.dtype)
 
-    lazy = da.from_zarr(array)[::step, ::step]
-    return np.asarray(lazy.compute(scheduler="threads", num_workers=QUICKLOOK_WORKERS))
+    def read(origin: tuple[int, int]) -> None:
+        r0, c0 = origin
+        r1, c1 = min(r0 + chunk_rows, rows), min(c0 + chunk_cols, cols)
+        rs, cs = -(-r0 // step) * step, -(-c0 // step) * step  # first kept pixel in the chunk
+        if rs < r1 and cs < c1:
+            block = array[rs:r1:step, cs:c1:step]
+            top, left = rs // step, cs // step
+            out[top : top + block.shape[0], left : left + block.shape[1]] = block
+
+    origins = [(r, c) for r in range(0, rows, chunk_rows) for c in range(0, cols, chunk_cols)]
+    with ThreadPoolExecutor(max_workers=QUICKLOOK_WORKERS, thread_name_prefix="ql") as pool:
+        list(pool.map(read, origins))
+    return out
 
 
 def png_bytes(rgba: np.ndarray) -> bytes:
