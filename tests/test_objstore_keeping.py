@@ -237,3 +237,31 @@ def test_catalog_of_s3_validates_and_its_hrefs_open(stored, s3_copy, tmp_path):
     no_bucket = cli("catalog", "--store", "s3://no-such-bucket/x", "--out", str(tmp_path / "c2"))
     assert no_bucket.exit_code == 2 and "bucket 'no-such-bucket' does not exist" in no_bucket.stderr
     assert not (tmp_path / "c2").exists()
+
+
+def test_a_remover_killed_before_the_last_delete_leaves_a_scene_rm_finishes(stored, s3_copy,
+                                                                            monkeypatch):
+    from scenestore.objstore.removal import remove_scene
+
+    _, _, (first, second) = stored
+    real_delete = ObjectClient.delete
+    calls = []
+
+    def dies_before_the_group_metadata(self, keys):
+        calls.append(keys)
+        if len(calls) == 3:  # the first remover's last delete: it is killed here
+            raise KeyboardInterrupt("killed")  # not a StoreError: nothing may catch it
+        real_delete(self, keys)
+
+    monkeypatch.setattr(ObjectClient, "delete", dies_before_the_group_metadata)
+    with pytest.raises(KeyboardInterrupt):
+        remove_scene(ObjectScenes(s3_copy), first)
+
+    scenes = ObjectScenes(s3_copy)
+    assert [(i.identifier, i.bands) for i in list_scenes(scenes)] == [
+        (first, ()), (second, tuple(sorted(BANDS)))
+    ], "listed with no committed band, never with a band whose data is gone"
+    finished = cli("rm", "--store", s3_copy, first, "--yes")
+    assert finished.exit_code == 0, finished.output
+    assert [i.identifier for i in list_scenes(scenes)] == [second]
+    assert not [k for k in bucket_objects(s3_copy) if k.startswith(f"{first}.zarr/")]

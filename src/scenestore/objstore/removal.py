@@ -14,8 +14,8 @@ this order:
 There is no atomic rename on an object store, so between steps 1 and 3 ``ls`` lists the
 scene with no committed band. A remover killed there leaves exactly that: a scene the next
 ingest replaces (as it does a killed writer's leftovers) and that ``rm`` still finds, since
-its group metadata goes last, and finishes removing. A scene whose lease is held (and not
-expired) is not touched: it is reported busy.
+its group metadata goes last, and finishes removing once the dead remover's lease ran out.
+A scene whose lease is held (and not expired) is not touched: it is reported busy.
 """
 
 from __future__ import annotations
