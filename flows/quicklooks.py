@@ -1,28 +1,30 @@
 """Quicklooks of the scenes an ingest run stored, as files and as one markdown artifact.
 
 After the scenes of a run are stored, ``quicklook`` renders each stored scene's true-colour
-PNG into ``<store>/.quicklooks/<identifier>.png`` (the library's
-:func:`scenestore.quicklook.write_quicklook`), and :func:`publish_quicklooks` creates the
-``ingest-quicklooks`` markdown artifact: per scene a heading, the image embedded as a
-``data:`` URI (so the Prefect UI shows it without serving files) and the file's path. Only
-the first :data:`MAX_EMBEDDED` images are embedded, to keep the artifact small; the others
-are listed by path. A scene whose quicklook cannot be made (the run did not store B04, B03
-and B02) is listed with the reason; it never fails the run.
+PNG and keeps it in the store at ``<store>/.quicklooks/<identifier>.png`` (the library's
+:func:`scenestore.stores.save_quicklook`): a file in a local store, an object
+(``s3://bucket/prefix/.quicklooks/<identifier>.png``) in an object store. Then
+:func:`publish_quicklooks` creates the ``ingest-quicklooks`` markdown artifact: per scene a
+heading, the image embedded as a ``data:`` URI (so the Prefect UI shows it without serving
+files, wherever the store is) and the PNG's path or URL. Only the first :data:`MAX_EMBEDDED`
+images are embedded, to keep the artifact small; the others are listed by path or URL. A
+scene whose quicklook cannot be made (the run did not store B04, B03 and B02) is listed with
+the reason; it never fails the run.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from pathlib import Path
 
 from prefect import get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
 from flows.params import StoreSpec
 from scenestore.errors import ScenestoreError
-from scenestore.quicklook import RGB_BANDS, quicklook_path, write_quicklook
+from scenestore.quicklook import RGB_BANDS
 from scenestore.redact import redact
+from scenestore.stores import save_quicklook
 
 #: Longest edge of the quicklooks an ingest run renders (small: they are embedded).
 ARTIFACT_SIZE = 256
@@ -36,7 +38,7 @@ class RenderedQuicklook:
 
     Attributes:
         identifier: Scene identifier.
-        path: The PNG file, when it was written.
+        path: The PNG's path (local store) or URL (object store), when it was written.
         png: The PNG bytes, when it was written.
         note: Why there is no quicklook, when there is none.
     """
@@ -50,13 +52,11 @@ class RenderedQuicklook:
 @task(name="quicklook", task_run_name="quicklook-{identifier}", persist_result=False)
 def quicklook(identifier: str, spec: StoreSpec) -> RenderedQuicklook:
     """Render one stored scene's quicklook into ``<store>/.quicklooks/`` and return it."""
-    store = Path(spec.store)
-    out = quicklook_path(store, identifier)
     try:
-        write_quicklook(store, identifier, out, max_size=ARTIFACT_SIZE)
+        where, png = save_quicklook(spec.store, identifier, max_size=ARTIFACT_SIZE)
     except ScenestoreError as err:  # e.g. the run stored no RGB bands: no picture, no failure
         return RenderedQuicklook(identifier, note=redact(str(err)))
-    return RenderedQuicklook(identifier, path=str(out), png=out.read_bytes())
+    return RenderedQuicklook(identifier, path=where, png=png)
 
 
 def quicklook_markdown(looks: list[RenderedQuicklook], *, label: str) -> str:

@@ -6,10 +6,12 @@
 * the scene's footprint in lon/lat, computed from its stored grid;
 * ``proj:code`` (or ``proj:wkt2``), ``proj:shape`` and ``proj:transform`` of the 10 m grid;
 * the stored scene attributes (cloud cover, MGRS tile, processing baseline...) as properties;
-* one asset per committed band, pointing (by a relative href) at the band's zarr v3 array
-  directory, with STAC 1.1 ``bands`` (``eo:common_name``, ``eo:center_wavelength``,
-  ``data_type``, ``nodata``, ``scale``, ``offset``), one ``zarr`` asset for the group, and a
-  ``thumbnail`` asset when the scene has a quicklook in ``<store>/.quicklooks/``.
+* one asset per committed band, pointing at the band's zarr v3 array (by a relative href for a
+  local store; by its absolute ``s3://...`` URL for an object store, see
+  :func:`scenestore.objstore.catalog.write_catalog`), with STAC 1.1 ``bands``
+  (``eo:common_name``, ``eo:center_wavelength``, ``data_type``, ``nodata``, ``scale``,
+  ``offset``), one ``zarr`` asset for the group, and a ``thumbnail`` asset when the scene has
+  a quicklook in ``<store>/.quicklooks/``.
 
 :func:`validate_catalog` validates every object with pystac's JSON-schema validator against
 the STAC core schemas that pystac ships, never fetching anything: extension schemas are
@@ -24,7 +26,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -75,16 +77,47 @@ class CatalogCheck:
 
 
 def scene_item(store: Path, info: SceneInfo) -> pystac.Item:
-    """Build the STAC item of one stored scene, with absolute asset hrefs.
+    """Build the STAC item of one scene of a local store, with absolute asset hrefs.
 
     Raises:
         InvalidRequestError: If the scene records no sensing datetime.
     """
     import zarr
-    from pyproj import CRS
 
     scene = scene_path(store, info.identifier)
-    group = zarr.open_group(scene, mode="r")
+    thumbnail = quicklook_path(store, info.identifier)
+    return build_item(
+        info,
+        zarr.open_group(scene, mode="r"),
+        committed_bands(scene),
+        scene_href=str(scene.resolve()),
+        # rendered by the ingest flow (or `scenestore quicklook`)
+        thumbnail_href=str(thumbnail.resolve()) if thumbnail.is_file() else None,
+    )
+
+
+def build_item(
+    info: SceneInfo,
+    group: Any,
+    bands: Collection[str],
+    *,
+    scene_href: str,
+    thumbnail_href: str | None = None,
+) -> pystac.Item:
+    """Build the STAC item of one stored scene from its open zarr group (any zarr store).
+
+    Args:
+        info: The scene's inventory entry.
+        group: The scene's zarr group, read-only.
+        bands: Its committed bands (one asset each).
+        scene_href: Absolute href of the group; a band's array is ``<scene_href>/<band>``.
+        thumbnail_href: Absolute href of the scene's quicklook PNG, if it has one.
+
+    Raises:
+        InvalidRequestError: If the scene records no sensing datetime.
+    """
+    from pyproj import CRS
+
     x, y = group["x"][...], group["y"][...]
     res_x = float(x[1] - x[0]) if x.size > 1 else 10.0
     res_y = float(y[1] - y[0]) if y.size > 1 else -10.0
@@ -111,29 +144,28 @@ def scene_item(store: Path, info: SceneInfo) -> pystac.Item:
     item.add_asset(
         "zarr",
         pystac.Asset(
-            href=str(scene.resolve()),
+            href=scene_href,
             media_type=ZARR_MEDIA_TYPE,
             roles=["data"],
             title="The scene as one zarr v3 group (open with xarray.open_zarr)",
         ),
     )
-    thumbnail = quicklook_path(store, info.identifier)
-    if thumbnail.is_file():  # rendered by the ingest flow (or `scenestore quicklook`)
+    if thumbnail_href is not None:
         item.add_asset(
             "thumbnail",
             pystac.Asset(
-                href=str(thumbnail.resolve()),
+                href=thumbnail_href,
                 media_type=pystac.MediaType.PNG,
                 roles=["thumbnail"],
                 title="True-colour quicklook (B04, B03, B02)",
             ),
         )
-    for band in sorted(committed_bands(scene)):
+    for band in sorted(bands):
         try:
             array = group[band]
         except KeyError:  # being replaced by a writer right now: its commit is gone too
             continue
-        item.add_asset(band, _band_asset(scene, band, array))
+        item.add_asset(band, _band_asset(f"{scene_href.rstrip('/')}/{band}", band, array))
     return item
 
 
@@ -149,25 +181,55 @@ def write_catalog(store: Path, out: Path, *, title: str | None = None) -> pystac
         InvalidRequestError: If ``out`` is the store itself or inside a scene.
     """
     infos = [i for i in list_scenes(store) if i.bands]
-    out = out.absolute()
-    check_catalog_dir(out, store)
-    catalog = pystac.Catalog(
-        id="scenestore",
-        title=title or f"Scenes in {store.name}",
-        description=f"Sentinel-2 L2A scenes stored by scenestore in the store {store.name!r}",
-    )
+    out = check_catalog_dir(out, store)
+    items = []
     for info in infos:
         try:
-            catalog.add_item(scene_item(store, info))
+            items.append(scene_item(store, info))
         except FileNotFoundError:  # removed (rm/prune) since it was listed
             logger.info("Scene %s was removed while the catalog was written", info.identifier)
+    return save_catalog(
+        items,
+        out,
+        title=title or f"Scenes in {store.name}",
+        description=f"Sentinel-2 L2A scenes stored by scenestore in the store {store.name!r}",
+        relative_assets=True,
+    )
+
+
+def save_catalog(
+    items: list[pystac.Item],
+    out: Path,
+    *,
+    title: str,
+    description: str,
+    relative_assets: bool,
+) -> pystac.Catalog:
+    """Save items as a self-contained catalog in ``out``, replacing a previous one whole.
+
+    Args:
+        items: One STAC item per scene, asset hrefs absolute.
+        out: The local catalog directory (checked with :func:`check_catalog_dir`).
+        title: The catalog title.
+        description: The catalog description.
+        relative_assets: Make asset hrefs relative to each item file (a local store, which
+            can then move together with its catalog); else keep them absolute (``s3://...``).
+
+    Returns:
+        The catalog as read back from ``out``.
+    """
+    out = out.absolute()
+    catalog = pystac.Catalog(id="scenestore", title=title, description=description)
+    for item in items:
+        catalog.add_item(item)
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")
     catalog.normalize_hrefs(f"{staging}{os.sep}")  # the slash: ".catalog.1a2b" is no file
-    for item in catalog.get_items():
-        # Relative to the item file; staging sits beside out, so they hold once it is renamed.
-        item_dir = Path(item.get_self_href()).parent
-        for asset in item.assets.values():
-            asset.href = os.path.relpath(asset.href, item_dir)
+    if relative_assets:
+        for item in catalog.get_items():
+            # Relative to the item file; staging sits beside out, so they hold once renamed.
+            item_dir = Path(item.get_self_href()).parent
+            for asset in item.assets.values():
+                asset.href = os.path.relpath(asset.href, item_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     if out.exists():
@@ -180,18 +242,20 @@ def write_catalog(store: Path, out: Path, *, title: str | None = None) -> pystac
     return pystac.Catalog.from_file(str(out / "catalog.json"))
 
 
-def check_catalog_dir(out: Path, store: Path) -> Path:
-    """Check that ``out`` may be (re)written whole as a catalog directory.
+def check_catalog_dir(out: Path, store: Path | None) -> Path:
+    """Check that ``out`` may be (re)written whole as a catalog directory; return it absolute.
 
     It must be new, empty, or hold a catalog written before (``catalog.json``): the directory
     is replaced whole, so pointing ``--out`` at a directory of other files must not delete them.
+    ``store`` is the local store (None for an object store, which no local path can be inside).
 
     Raises:
         InvalidRequestError: If ``out`` is the store, inside a scene, a file, or a directory
             that holds other things than a catalog.
     """
     out = out.absolute()
-    if out == store.absolute() or any(p.suffix == ".zarr" for p in (out, *out.parents)):
+    is_store = store is not None and out == store.absolute()
+    if is_store or any(p.suffix == ".zarr" for p in (out, *out.parents)):
         raise InvalidRequestError(
             f"Catalog directory {str(out)!r} is the store or inside a scene; expected a "
             "directory of its own, e.g. next to the store."
@@ -286,7 +350,7 @@ def validate_catalog(
                         tuple(sorted(validator.unchecked)))
 
 
-def _band_asset(scene: Path, band: str, array: Any) -> pystac.Asset:
+def _band_asset(href: str, band: str, array: Any) -> pystac.Asset:
     attrs = dict(array.attrs)
     spec = BAND_SPECS.get(band)
     info: dict[str, Any] = {"name": band, "data_type": str(array.dtype)}
@@ -305,7 +369,7 @@ def _band_asset(scene: Path, band: str, array: Any) -> pystac.Asset:
     kind = "reflectance (DN; reflectance = DN * scale + offset)" if (
         spec and spec.is_reflectance) else "scene classification"
     return pystac.Asset(
-        href=str((scene / band).resolve()),
+        href=href,
         media_type=ZARR_MEDIA_TYPE,
         roles=["data"] if spec is None or spec.is_reflectance else ["data", "classification"],
         title=f"{band} {kind}, zarr v3 array",
@@ -349,8 +413,10 @@ __all__ = [
     "CatalogCheck",
     "OfflineValidator",
     "ZARR_MEDIA_TYPE",
+    "build_item",
     "check_catalog_dir",
     "local_schemas",
+    "save_catalog",
     "scene_item",
     "validate_catalog",
     "write_catalog",

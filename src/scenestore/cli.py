@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from scenestore.bands import ALL_BANDS, normalize_bands
+from scenestore.cli_options import StoreOpt, _store_location  # noqa: F401 (shared with cli_store)
 from scenestore.errors import InvalidRequestError, ScenestoreError
 from scenestore.redact import redact
 
@@ -56,22 +57,6 @@ CloudOpt = Annotated[
     float | None, typer.Option("--max-cloud", help="Maximum cloud cover in percent.")
 ]
 TilesOpt = Annotated[str | None, typer.Option("--tiles", help="MGRS tiles, e.g. 33UUP,33UVP.")]
-def _store_location(text: str) -> Any:
-    """A Path, or an object-store URL kept as text (validated in the command: one-line errors)."""
-    from scenestore.objstore.location import is_object_url
-
-    return text if is_object_url(text) else Path(text)
-
-
-StoreOpt = Annotated[
-    Any,
-    typer.Option(
-        "--store",
-        parser=_store_location,
-        help="Store directory, or an object-store URL such as s3://bucket/prefix "
-        "(endpoint from AWS_ENDPOINT_URL, credentials from the AWS_* variables).",
-    ),
-]
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:

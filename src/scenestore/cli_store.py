@@ -3,7 +3,8 @@
 They are registered on the ``scenestore`` app by :func:`register` (called from
 :mod:`scenestore.cli`), which hands over the CLI's error wrapper and formatting helpers, so
 these commands print and fail exactly like the others: one line naming the bad value, exit 2,
-store unchanged.
+store unchanged. ``--store`` is the option of every command (:mod:`scenestore.cli_options`), a
+directory or an ``s3://`` URL, and each store question goes through :mod:`scenestore.stores`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from scenestore.cli_options import StoreOpt
 from scenestore.errors import InvalidRequestError
 
-StoreOpt = Annotated[Path, typer.Option("--store", help="Store directory.")]
 YesOpt = Annotated[bool, typer.Option("--yes", help="Remove them (default: a dry run).")]
 WaitOpt = Annotated[
     float,
@@ -61,10 +62,10 @@ def register(
     """
 
     def removal_report(
-        infos: list[Any], *, yes: bool, wait: float, store: Path, what: str
+        infos: list[Any], *, yes: bool, wait: float, store: Any, what: str
     ) -> None:
         """List what would go; with ``yes`` remove it and report the skipped (exit 1)."""
-        from scenestore.removal import remove_scenes
+        from scenestore.stores import remove_scenes
 
         total = size(sum(i.size_bytes for i in infos))
         if not infos:
@@ -100,7 +101,7 @@ def register(
         wait: WaitOpt = 0.0,
     ) -> None:
         """Remove scenes (a dry run unless --yes); safe while an ingest writes to the store."""
-        from scenestore.inventory import check_store, scene_info
+        from scenestore.stores import check_store, scene_info
 
         check_wait(wait)
         check_store(store)
@@ -127,8 +128,8 @@ def register(
     ) -> None:
         """Remove scenes sensed --before a day, or --not-in a keep list (a dry run unless --yes)."""
         from scenestore.aoi import parse_date
-        from scenestore.inventory import list_scenes
         from scenestore.removal import read_keep_list, select_before, select_not_in
+        from scenestore.stores import list_scenes
 
         check_wait(wait)
         if (before is None) == (not_in is None):
@@ -156,9 +157,8 @@ def register(
             int, typer.Option("--size", help="Longest edge in pixels.")
         ] = DEFAULT_QUICKLOOK_SIZE,
     ) -> None:
-        """Write a true-colour PNG (B04, B03, B02) of a stored scene, read decimated."""
-        from scenestore.inventory import check_store
-        from scenestore.quicklook import write_quicklook
+        """Write a true-colour PNG (B04, B03, B02) of a stored scene, read decimated, to --out."""
+        from scenestore.stores import check_store, write_quicklook
 
         check_store(store)
         look = write_quicklook(store, identifier, out, max_size=max_size)
@@ -178,8 +178,8 @@ def register(
         title: Annotated[str | None, typer.Option("--title", help="Catalog title.")] = None,
     ) -> None:
         """Write a static STAC catalog of the store (one item per scene) and validate it."""
-        from scenestore.catalog import validate_catalog, write_catalog
-        from scenestore.inventory import check_store
+        from scenestore.catalog import validate_catalog
+        from scenestore.stores import check_store, write_catalog
 
         check_store(store)
         written = write_catalog(store, out, title=title)

@@ -27,6 +27,10 @@ class StoreError(ScenestoreError, OSError):
     """The store location is unusable (a file, read-only, unreachable)."""
 
 
+class LeaseHeldError(StoreError):
+    """Another writer holds an object-store scene's lease lock for longer than the wait."""
+
+
 class SceneNotFoundError(ScenestoreError, FileNotFoundError):
     """The scene is not in the store (offline open) or not at the source."""
 
@@ -69,6 +73,7 @@ __all__ = [
     "InvalidIdentifierError",
     "InvalidRequestError",
     "ItemError",
+    "LeaseHeldError",
     "SceneBusyError",
     "SceneNotFoundError",
     "ScenestoreError",

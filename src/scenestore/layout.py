@@ -6,6 +6,7 @@ A store is a directory holding one zarr v3 group per scene::
     <store>/<identifier>.zarr/_commits/   zarr group; <BAND>.json is the commit record of a band
     <store>/<identifier>.zarr/_staging/   zarr group where band arrays are written before promotion
     <store>/.locks/<identifier>.lock      per-scene writer lock
+    <store>/.quicklooks/<identifier>.png  true-colour quicklook (the ingest flow, optional)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ SCENE_SUFFIX = ".zarr"
 COMMITS_DIR = "_commits"
 STAGING_DIR = "_staging"
 LOCKS_DIR = ".locks"
+#: Where quicklooks are kept inside a store (hidden: never listed as a scene).
+QUICKLOOKS_DIR = ".quicklooks"
 
 #: Target edge length of a stored chunk in pixels: a full 10980 px tile is 6 x 6 chunks.
 DEFAULT_CHUNK_TARGET = 1830

@@ -1,7 +1,7 @@
 """True-colour quicklooks of stored scenes: small RGBA PNGs from B04, B03 and B02.
 
 A quicklook is made from a decimated read: every ``step``-th pixel of each band, taken chunk
-by chunk (dask, two chunks at a time), so memory holds the small result and a few decoded
+by chunk (two chunks at a time), so memory holds the small result and a few decoded
 chunks, never a band at full resolution. Digital numbers become reflectance with each band's
 stored ``scale`` and ``offset``; one linear stretch from the 2nd to the 98th percentile maps
 them to 0-255: one stretch for all three bands, so the colour balance stays; taken over the
@@ -10,7 +10,9 @@ least 0.1 reflectance wide, so a flat scene does not show its noise as colour. N
 in any of the three bands) is transparent. PNGs are written with rasterio's PNG driver.
 
 The pure parts (:func:`decimation_step`, :func:`stretch_rgba`) are separate from the reads
-(:func:`render_quicklook`) and the file writing (:func:`png_bytes`, :func:`write_quicklook`).
+(:func:`render_bands` on any zarr store; :func:`render_quicklook` for a local store, its
+object-store twin in :mod:`scenestore.objstore.quicklook`) and the file writing
+(:func:`png_bytes`, :func:`write_png`, :func:`write_quicklook`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,10 +32,8 @@ from scenestore.commit import committed_bands
 from scenestore.errors import IncompleteSceneError, InvalidRequestError
 from scenestore.ids import validate_identifier
 from scenestore.inventory import scene_info
-from scenestore.layout import scene_path
+from scenestore.layout import QUICKLOOKS_DIR, scene_path
 
-#: Where the ingest flow keeps quicklooks inside a store (hidden: never listed as a scene).
-QUICKLOOKS_DIR = ".quicklooks"
 #: Bands of a true-colour image, as red, green, blue.
 RGB_BANDS = ("B04", "B03", "B02")
 #: Longest edge of a quicklook in pixels unless asked otherwise.
@@ -144,13 +146,41 @@ def render_quicklook(
     check_size(max_size)
     scene_info(store, identifier)  # raises SceneNotFoundError with the usual message
     scene = scene_path(store, identifier)
-    missing = [b for b in RGB_BANDS if b not in committed_bands(scene)]
+    return render_bands(
+        identifier,
+        lambda band: zarr.open_array(scene / band, mode="r"),
+        committed_bands(scene),
+        max_size=max_size,
+    )
+
+
+def render_bands(
+    identifier: str,
+    open_band: Callable[[str], Any],
+    committed: Collection[str],
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> Quicklook:
+    """Render a quicklook from a scene's band arrays, on any zarr store (local or object).
+
+    Args:
+        identifier: Scene identifier (for messages and the result).
+        open_band: Opens one committed band's zarr array, read-only (no pixels read yet).
+        committed: The scene's committed bands.
+        max_size: Longest edge of the image in pixels.
+
+    Raises:
+        IncompleteSceneError: If B04, B03 or B02 is not committed.
+        InvalidRequestError: If ``max_size`` is below 1.
+    """
+    check_size(max_size)
+    missing = [b for b in RGB_BANDS if b not in committed]
     if missing:
         raise IncompleteSceneError(
             f"Scene {identifier!r} lacks bands {missing} for a true-colour quicklook; stored: "
-            f"{sorted(committed_bands(scene))}. Expected B04, B03 and B02: ingest them first."
+            f"{sorted(committed)}. Expected B04, B03 and B02: ingest them first."
         )
-    arrays = [zarr.open_array(scene / band, mode="r") for band in RGB_BANDS]
+    arrays = [open_band(band) for band in RGB_BANDS]
     step = decimation_step(arrays[0].shape, max_size)
     layers, valid = [], None
     for array in arrays:
@@ -163,26 +193,40 @@ def render_quicklook(
         offset = float(array.attrs.get("offset", 0.0))
         layers.append(dn.astype(np.float32) * scale + offset)
     basis = valid
-    if "SCL" in committed_bands(scene):
+    if "SCL" in committed:
         # Stretch for the ground: clouds and shadows would push land into the dark end.
-        clear = ~np.isin(_strided(zarr.open_array(scene / "SCL", mode="r"), step), NOT_GROUND)
+        clear = ~np.isin(_strided(open_band("SCL"), step), NOT_GROUND)
         if (valid & clear).sum() >= MIN_CLEAR_FRACTION * max(int(valid.sum()), 1):
             basis = valid & clear
     rgba, stretch = stretch_rgba(np.stack(layers), valid, basis=basis)
     return Quicklook(identifier, rgba, step, stretch)
 
 
-def _strided(array, step: int) -> np.ndarray:
-    """Every ``step``-th pixel of a zarr array, one stored chunk per task.
+def _strided(array: Any, step: int) -> np.ndarray:
+    """Every ``step``-th pixel of a 2-D zarr array, read one stored chunk per request.
 
-    Each dask task decodes one chunk and keeps its strided pixels, and the threaded scheduler
-    runs as many tasks as there are workers, so memory holds a few decoded chunks, not the
-    band (a plain ``array[::step, ::step]`` lets zarr decode many chunks at once).
+    Each read selects the strided pixels inside one chunk, so zarr decodes that chunk alone;
+    :data:`QUICKLOOK_WORKERS` threads read at once, so memory holds a few decoded chunks and
+    the result, never the band. (A plain ``array[::step, ::step]``, or a dask graph that
+    pushes the slice down into one read, lets zarr decode every chunk of the band at once.)
     """
-    import dask.array as da
+    rows, cols = (int(n) for n in array.shape)
+    chunk_rows, chunk_cols = (int(n) for n in array.chunks)
+    out = np.empty((-(-rows // step), -(-cols // step)), dtype=array.dtype)
 
-    lazy = da.from_zarr(array)[::step, ::step]
-    return np.asarray(lazy.compute(scheduler="threads", num_workers=QUICKLOOK_WORKERS))
+    def read(origin: tuple[int, int]) -> None:
+        r0, c0 = origin
+        r1, c1 = min(r0 + chunk_rows, rows), min(c0 + chunk_cols, cols)
+        rs, cs = -(-r0 // step) * step, -(-c0 // step) * step  # first kept pixel in the chunk
+        if rs < r1 and cs < c1:
+            block = array[rs:r1:step, cs:c1:step]
+            top, left = rs // step, cs // step
+            out[top : top + block.shape[0], left : left + block.shape[1]] = block
+
+    origins = [(r, c) for r in range(0, rows, chunk_rows) for c in range(0, cols, chunk_cols)]
+    with ThreadPoolExecutor(max_workers=QUICKLOOK_WORKERS, thread_name_prefix="ql") as pool:
+        list(pool.map(read, origins))
+    return out
 
 
 def png_bytes(rgba: np.ndarray) -> bytes:
@@ -213,7 +257,16 @@ def write_quicklook(
         InvalidRequestError: Also if ``out`` cannot be written.
     """
     look = render_quicklook(store, identifier, max_size=max_size)
-    data = png_bytes(look.rgba)
+    write_png(out, png_bytes(look.rgba))
+    return look
+
+
+def write_png(out: Path, data: bytes) -> Path:
+    """Write PNG bytes to a local file atomically (temp file, rename); return ``out``.
+
+    Raises:
+        InvalidRequestError: If ``out`` cannot be written.
+    """
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +279,7 @@ def write_quicklook(
             f"Cannot write the quicklook {str(out)!r}: {err.strerror}; expected a PNG path in "
             "a writable directory."
         ) from err
-    return look
+    return out
 
 
 __all__ = [
@@ -237,7 +290,9 @@ __all__ = [
     "decimation_step",
     "png_bytes",
     "quicklook_path",
+    "render_bands",
     "render_quicklook",
     "stretch_rgba",
+    "write_png",
     "write_quicklook",
 ]

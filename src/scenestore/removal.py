@@ -14,7 +14,9 @@ ingest replaces, as it does a killed writer's leftovers) or a directory in ``.tr
 next removal deletes). A scene whose lock is held is not touched: it is reported busy.
 
 What to remove is picked by pure selectors over the inventory (:func:`select_before`,
-:func:`select_not_in`); :func:`read_keep_list` reads the ``--not-in`` file.
+:func:`select_not_in`); :func:`read_keep_list` reads the ``--not-in`` file. The selectors serve
+object stores too; their removal is :mod:`scenestore.objstore.removal` (one entry point for
+both: :func:`scenestore.stores.remove_scenes`).
 """
 
 from __future__ import annotations

@@ -51,11 +51,33 @@ def test_every_stored_scene_gets_a_quicklook_in_the_artifact(world, ingest_param
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("flows.quicklooks.write_quicklook", disk_full)
+    monkeypatch.setattr("flows.quicklooks.save_quicklook", disk_full)
     failed_look = ingest(**params, return_state=True)  # stores `gone` again, cannot draw it
     assert failed_look.is_completed(), "a quicklook that fails never fails the run"
     assert f"## {gone}\nNo quicklook: " in markdown_of(failed_look)
     assert "No space left on device" in markdown_of(failed_look)
+
+
+def test_quicklooks_of_an_s3_store_are_objects_in_it_and_embedded(world, ingest_params, s3_store):
+    from scenestore.objstore import ObjectScenes
+    from scenestore.objstore.location import quicklook_key
+
+    item = world.items[1]
+    west, south, east, north = item.bbox
+    params = {**ingest_params, "store": s3_store, "bands": ["B02", "B03", "B04"],
+              "bbox": {"west": west, "south": south, "east": east, "north": north}}
+    state = ingest(**params, return_state=True)
+
+    assert state.is_completed(), state.message
+    text = markdown_of(state)
+    images = {m["alt"].split()[0]: base64.b64decode(m["data"]) for m in IMAGE.finditer(text)}
+    ident = f"es-l2a_{item.id}"
+    assert ident in images and "No quicklook" not in text
+    scenes = ObjectScenes(s3_store)
+    for name, png in images.items():
+        stored = scenes.client.get(quicklook_key(name))
+        assert stored is not None and png.startswith(b"\x89PNG") and png == stored[0]
+        assert f"File: `{s3_store}/.quicklooks/{name}.png`" in text
 
 
 def test_markdown_embeds_a_bounded_number_and_explains_the_missing():

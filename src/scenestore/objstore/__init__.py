@@ -7,7 +7,9 @@ with conditional writes where a local store uses rename and ``fcntl``:
 * :mod:`~scenestore.objstore.client`: the obstore client and its error mapping;
 * :mod:`~scenestore.objstore.lease`: the per-scene lease lock;
 * :mod:`~scenestore.objstore.scenes`: commit records, writing, promotion and opening;
-* :mod:`~scenestore.objstore.catalog`: listing and verifying stored scenes.
+* :mod:`~scenestore.objstore.catalog`: listing and verifying stored scenes, their STAC catalog;
+* :mod:`~scenestore.objstore.removal`: removing scenes under their lease (``rm``, ``prune``);
+* :mod:`~scenestore.objstore.quicklook`: quicklooks read decimated, kept as objects.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""What an object-storage store holds, and whether its committed bands are whole.
+"""What an object-storage store holds, whether its committed bands are whole, and its STAC.
 
-The same answers as :mod:`scenestore.inventory` and :mod:`scenestore.verify` give for a local
-store, from listings and small metadata objects (verification reads every chunk once).
+The same answers as :mod:`scenestore.inventory`, :mod:`scenestore.verify` and
+:mod:`scenestore.catalog` give for a local store, from listings and small metadata objects
+(verification reads every chunk once).
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from scenestore.errors import SceneNotFoundError
 from scenestore.inventory import SceneInfo
-from scenestore.objstore.location import band_key, identifier_of_key, scene_key
+from scenestore.objstore.location import band_key, identifier_of_key, scene_key, url_of
 from scenestore.objstore.scenes import TREE_SCHEME, ObjectScenes, chunk_digest, tree_checksum
 from scenestore.verify import Damage
 
@@ -30,10 +32,21 @@ def list_scenes(scenes: ObjectScenes) -> list[SceneInfo]:
     return infos
 
 
-def scene_info(scenes: ObjectScenes, identifier: str) -> SceneInfo:
-    """One stored scene's inventory entry.
+def check_store(scenes: ObjectScenes) -> ObjectScenes:
+    """Read the store once (a delimited listing), so a missing bucket is said as such.
 
     Raises:
+        StoreError: If the bucket does not exist or the store cannot be reached.
+    """
+    scenes.client.children()
+    return scenes
+
+
+def require_scene(scenes: ObjectScenes, identifier: str) -> str:
+    """Return ``identifier`` if the scene is stored (one HEAD request).
+
+    Raises:
+        InvalidIdentifierError: If the identifier is not safe.
         SceneNotFoundError: If the scene is not in the store.
     """
     if not scenes.exists(identifier):
@@ -41,7 +54,16 @@ def scene_info(scenes: ObjectScenes, identifier: str) -> SceneInfo:
             f"Scene {identifier!r} is not in the store {str(scenes)!r}; expected one of the "
             "identifiers `scenestore ls` lists."
         )
-    return _info(scenes, identifier)
+    return identifier
+
+
+def scene_info(scenes: ObjectScenes, identifier: str) -> SceneInfo:
+    """One stored scene's inventory entry.
+
+    Raises:
+        SceneNotFoundError: If the scene is not in the store.
+    """
+    return _info(scenes, require_scene(scenes, identifier))
 
 
 def band_details(scenes: ObjectScenes, identifier: str) -> dict[str, dict[str, Any]]:
@@ -102,6 +124,53 @@ def repair(scenes: ObjectScenes, damage: list[Damage]) -> None:
         logger.warning(
             "Dropped damaged band %s of %s: %s", item.band, item.identifier, item.problem
         )
+
+
+def write_catalog(scenes: ObjectScenes, out: Path, *, title: str | None = None) -> Any:
+    """Write a static STAC catalog of every stored scene to the local directory ``out``.
+
+    As :func:`scenestore.catalog.write_catalog`, but asset hrefs are the absolute URLs of the
+    objects (``s3://bucket/prefix/<id>.zarr/<BAND>`` for a band's zarr array, the group, the
+    quicklook), since no path relative to a local catalog reaches an object store.
+
+    Returns:
+        The written ``pystac.Catalog``, read back.
+
+    Raises:
+        StoreError: If the store cannot be read.
+        InvalidRequestError: If ``out`` is inside a local scene, a file, or holds other files.
+    """
+    import zarr
+
+    from scenestore.catalog import build_item, check_catalog_dir, save_catalog
+    from scenestore.objstore.quicklook import quicklook_url
+
+    infos = [i for i in list_scenes(scenes) if i.bands]
+    out = check_catalog_dir(out, None)
+    items = []
+    for info in infos:
+        try:
+            group = zarr.open_group(
+                scenes.zarr_store, path=scene_key(info.identifier), mode="r"
+            )
+            items.append(
+                build_item(
+                    info,
+                    group,
+                    scenes.committed_bands(info.identifier),
+                    scene_href=url_of(scenes.url, scene_key(info.identifier)),
+                    thumbnail_href=quicklook_url(scenes, info.identifier),
+                )
+            )
+        except (FileNotFoundError, KeyError):  # removed (rm/prune) since it was listed
+            logger.info("Scene %s was removed while the catalog was written", info.identifier)
+    return save_catalog(
+        items,
+        out,
+        title=title or f"Scenes in {scenes.url}",
+        description=f"Sentinel-2 L2A scenes stored by scenestore in the store {str(scenes)!r}",
+        relative_assets=False,
+    )
 
 
 def _info(scenes: ObjectScenes, identifier: str) -> SceneInfo:

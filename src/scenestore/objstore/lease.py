@@ -27,7 +27,7 @@ import time
 import uuid
 from typing import Any
 
-from scenestore.errors import InvalidRequestError, StoreError
+from scenestore.errors import InvalidRequestError, LeaseHeldError, StoreError
 from scenestore.objstore.client import ObjectClient
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,9 @@ class LeaseLock:
         """Take the lock, waiting for (or taking over from) another writer.
 
         Raises:
-            StoreError: If another writer's lease is still valid after ``timeout_s``.
+            LeaseHeldError: If another writer's lease is still valid after ``timeout_s`` (a
+                :class:`~scenestore.errors.StoreError`).
+            StoreError: If the store cannot be reached.
         """
         deadline = time.monotonic() + self.timeout_s
         wait = 0.05
@@ -109,7 +111,7 @@ class LeaseLock:
                 self._start_heartbeat()
                 return
             if time.monotonic() > deadline:
-                raise StoreError(
+                raise LeaseHeldError(
                     f"Scene lock {self.key!r} in {str(self.client.url)!r} is still held by "
                     f"another writer after {self.timeout_s:g} s; expected it to finish or its "
                     f"lease ({self.lease_s:g} s) to run out."

@@ -6,6 +6,7 @@ An object-storage store has the layout of a local store, as keys under a prefix:
     s3://<bucket>/<prefix>/<identifier>.zarr/_commits/    <BAND>.json commit records
     s3://<bucket>/<prefix>/<identifier>.zarr/_staging/    replacements of committed bands
     s3://<bucket>/<prefix>/.locks/<identifier>.lock       per-scene lease lock
+    s3://<bucket>/<prefix>/.quicklooks/<identifier>.png   true-colour quicklook (optional)
 
 Keys below are relative to the store's prefix, as the object-store client sees them.
 """
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 
 from scenestore.errors import InvalidRequestError
 from scenestore.ids import validate_identifier
-from scenestore.layout import COMMITS_DIR, LOCKS_DIR, SCENE_SUFFIX, STAGING_DIR
+from scenestore.layout import COMMITS_DIR, LOCKS_DIR, QUICKLOOKS_DIR, SCENE_SUFFIX, STAGING_DIR
 
 #: URL schemes that name an object store (obstore's ``from_url`` schemes). Not ``memory://``:
 #: each client would get its own empty store, so nothing written would be found again.
@@ -118,6 +119,16 @@ def commit_key(identifier: str, band: str) -> str:
 def lock_key(identifier: str) -> str:
     """The lease lock object of one scene."""
     return f"{LOCKS_DIR}/{validate_identifier(identifier)}.lock"
+
+
+def quicklook_key(identifier: str) -> str:
+    """The quicklook PNG object of one scene."""
+    return f"{QUICKLOOKS_DIR}/{validate_identifier(identifier)}.png"
+
+
+def url_of(url: StoreURL, key: str) -> str:
+    """The absolute URL of an object of the store, e.g. ``s3://bucket/prefix/<key>``."""
+    return f"{url}/{key}"
 
 
 def identifier_of_key(prefix: str) -> str | None:
