@@ -191,6 +191,25 @@ def test_native_repeat_and_gdal_warp_give_the_same_pixels(world, tmp_path):
     xr.testing.assert_identical(nested.load(), warped.load())
 
 
+@pytest.mark.parametrize("chunk", [24, 60])
+def test_native_reads_cut_into_several_strips_give_the_same_pixels(world, tmp_path, chunk):
+    """With stored chunks smaller than the scene, a 20 m or 60 m band is read in native
+    strips as tall as several stored strips and cut before repeating; the pixels must be
+    exactly those of a GDAL warp (chunk 50, which 6 does not divide) and on chunks of
+    ``chunk`` px."""
+    item = world.items[0]
+    bands = ["B01", "B05", "B02"]
+    manager = StacStoreManager(bands, tmp_path / "a", stac_url=world.stac_url, chunk_size=chunk)
+    lazy = manager.download_scene_from_source(item, bands)
+    assert lazy["B05"].data.numblocks[0] > 1, "several strips"
+    stored = manager.load(item)
+    warped = StacStoreManager(
+        bands, tmp_path / "b", stac_url=world.stac_url, chunk_size=50
+    ).load(item)
+    assert stored["B05"].encoding["chunks"] == (chunk, chunk)
+    xr.testing.assert_identical(stored.load(), warped.load())
+
+
 def test_parallel_ingest_of_several_scenes_keeps_order_and_isolates_failures(world, tmp_path):
     from scenestore.ingest import ingest_items
 

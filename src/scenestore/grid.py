@@ -112,19 +112,30 @@ def coarsen(geobox: GeoBox, factor: int) -> GeoBox:
     )
 
 
-def upsample(ds: xr.Dataset, factor: int, geobox: GeoBox) -> xr.Dataset:
+def upsample(
+    ds: xr.Dataset, factor: int, geobox: GeoBox, *, rows: int | None = None
+) -> xr.Dataset:
     """Repeat each native pixel ``factor`` x ``factor`` times onto the 10 m ``geobox`` (lazy).
 
-    Each native block becomes one 10 m block ``factor`` times its size, so native chunks of
-    ``chunk // factor`` pixels give 10 m chunks of exactly ``chunk`` pixels: the result is
+    Each native block becomes one 10 m block ``factor`` times its size, so native blocks of
+    ``chunk // factor`` pixels give 10 m blocks of exactly ``chunk`` pixels: the result is
     already aligned with the stored zarr chunks and needs no rechunking. (``dask.array.repeat``
     splits every block into slabs and concatenates them again, which costs more graph work
     than the repetition itself on small scenes.)
+
+    Args:
+        ds: Bands on the native grid, dask-backed.
+        factor: 10 m pixels per native pixel along each axis.
+        geobox: The 10 m grid.
+        rows: Cut the native blocks into blocks of this many rows first (views, no copy), so
+            a tall native read yields several 10 m strips, each one chunk row high.
     """
     coords = xr_coords(geobox, crs_coord_name="spatial_ref")
     out = {}
     for name, var in ds.data_vars.items():
         src = var.data
+        if rows is not None:
+            src = src.rechunk({src.ndim - 2: rows})
         chunks = tuple(
             tuple(c * factor for c in dim) if axis >= src.ndim - 2 else dim
             for axis, dim in enumerate(src.chunks)

@@ -275,8 +275,10 @@ class StacStoreManager(StoreManager[pystac.Item]):
             if factor == 1:
                 part = load(group, geobox, chunk)
             else:
-                native = load(group, coarsen(geobox, factor), chunk // factor)
-                part = upsample(native, factor, geobox)
+                # Native strips as tall as `factor` stored strips: a COG tile row is decoded
+                # once per native strip, then each strip is cut and repeated to 10 m.
+                native = load(group, coarsen(geobox, factor), chunk)
+                part = upsample(native, factor, geobox, rows=chunk // factor)
             arrays.update({band: part[band] for band in group})
         variables = {}
         for band, key in keys.items():
