@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pystac
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
@@ -42,6 +40,14 @@ from flows.params import (
     query_key,
 )
 from flows.quicklooks import publish_quicklooks
+from flows.report import (
+    IngestSummary,
+    Progress,
+    ScenesFailedError,
+    failure_message,
+    record_failure,
+    report_row,
+)
 from flows.tasks import (
     ScenePlan,
     check_scenes,
@@ -62,55 +68,6 @@ from scenestore.search import SceneQuery
 DEFAULT_BANDS: list[BandName] = list(ALL_BANDS)  # type: ignore[arg-type]
 #: Run options used when a run gives none.
 DEFAULT_OPTIONS = RunOptions()
-#: Seconds between two updates of the progress artifact (each is one API call).
-PROGRESS_INTERVAL_S = 1.0
-#: Failed scenes named in a Failed state's message before "and N more".
-MAX_NAMED_FAILURES = 20
-
-
-class ScenesFailedError(RuntimeError):
-    """Some scenes of an ingest run failed; the others were stored.
-
-    Attributes:
-        failures: Error message per failed scene identifier (redacted).
-        summary: The run's summary (see :class:`IngestSummary`).
-    """
-
-    def __init__(self, message: str, failures: dict[str, str], summary: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.failures = failures
-        self.summary = summary
-
-
-@dataclass
-class IngestSummary:
-    """What one ingest run did, returned by the flow and shown as its table artifact.
-
-    Attributes:
-        label: The date range (or other label) of the run.
-        scenes: Scenes the search found.
-        complete: Scenes that were already complete (no task was created for them).
-        stored: Scenes whose missing bands were downloaded and committed.
-        failed: Error message per failed scene.
-        bytes_written: Bytes committed by this run.
-        seconds: Wall time of the per-scene part.
-        rows: One report row per scene.
-    """
-
-    label: str
-    scenes: int = 0
-    complete: int = 0
-    stored: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
-    bytes_written: int = 0
-    seconds: float = 0.0
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_result(self) -> dict[str, Any]:
-        """The summary without the per-scene rows (those go to the table artifact)."""
-        data = asdict(self)
-        data.pop("rows")
-        return data
 
 
 # -- task runners -----------------------------------------------------------------------------
@@ -300,17 +257,17 @@ def ingest_items(
     todo: list[ScenePlan] = []
     for plan in plans:
         if plan.error is not None:
-            _record_failure(summary, plan.name, plan.error, logger)
+            record_failure(summary, plan.name, plan.error, logger)
         elif not plan.missing:
             summary.complete += 1
-            summary.rows.append(_row(plan.name, (), 0, 0.0, "complete"))
+            summary.rows.append(report_row(plan.name, (), 0, 0.0, "complete"))
         else:
             todo.append(plan)
     logger.info(
         "%d scenes found: %d complete, %d to download, %d invalid",
         summary.scenes, summary.complete, len(todo), len(summary.failed),
     )
-    progress = _Progress(total=len(items), done=len(items) - len(todo), label=label)
+    progress = Progress(total=len(items), done=len(items) - len(todo), label=label)
     if todo:
         _run_scenes(todo, spec, options, summary, progress)
     progress.finish()
@@ -328,7 +285,7 @@ def ingest_items(
         ),
     )
     if summary.failed:
-        message = _failure_message(summary)
+        message = failure_message(summary)
         logger.error(message)
         return Failed(
             message=message,
@@ -342,7 +299,7 @@ def _run_scenes(
     spec: StoreSpec,
     options: RunOptions,
     summary: IngestSummary,
-    progress: _Progress,
+    progress: Progress,
 ) -> None:
     """Submit ``store-scene`` for each plan, keeping at most ``max_in_flight`` in flight."""
     logger = get_run_logger()
@@ -377,7 +334,7 @@ def _collect(
         summary.complete += 1 if result.skipped else 0
         summary.bytes_written += result.bytes_written
         summary.rows.append(
-            _row(identifier, result.fetched, result.bytes_written, result.seconds, status)
+            report_row(identifier, result.fetched, result.bytes_written, result.seconds, status)
         )
         logger.info(
             "%s %s: %s (%d bytes, %.1f s)", status.capitalize(), identifier,
@@ -386,83 +343,7 @@ def _collect(
         return
     error = state.result(raise_on_failure=False)
     text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message
-    _record_failure(summary, identifier, redact(str(text)), logger, missing=plan.missing)
-
-
-def _record_failure(
-    summary: IngestSummary,
-    identifier: str,
-    message: str,
-    logger: Any,
-    *,
-    missing: tuple[str, ...] = (),
-) -> None:
-    summary.failed[identifier] = message
-    summary.rows.append(_row(identifier, (), 0, 0.0, "failed", error=message, missing=missing))
-    logger.warning("Scene %s failed: %s", identifier, message)
-
-
-def _row(
-    identifier: str,
-    fetched: tuple[str, ...],
-    size: int,
-    seconds: float,
-    status: str,
-    *,
-    error: str | None = None,
-    missing: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    return {
-        "scene": identifier,
-        "bands fetched": ",".join(fetched) or (f"(wanted {','.join(missing)})" if missing else ""),
-        "bytes": size,
-        "seconds": round(seconds, 2),
-        "status": status,
-        "error": redact(error) if error else "",
-    }
-
-
-def _failure_message(summary: IngestSummary) -> str:
-    names = [f"{ident} ({_shorten(msg, 400)})" for ident, msg in summary.failed.items()]
-    shown = "; ".join(names[:MAX_NAMED_FAILURES])
-    more = len(names) - MAX_NAMED_FAILURES
-    return (
-        f"{len(summary.failed)} of {summary.scenes} scenes failed in {summary.label}: {shown}"
-        + (f"; and {more} more (see the ingest-report artifact)" if more > 0 else "")
-    )
-
-
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _Progress:
-    """The run's progress artifact, updated at most every :data:`PROGRESS_INTERVAL_S`."""
-
-    def __init__(self, *, total: int, done: int, label: str) -> None:
-        self.total, self.done = total, done
-        self._last = time.monotonic()
-        self._id = create_progress_artifact(
-            progress=self._percent(),
-            key="ingest-progress",
-            description=f"Scenes done of {total} for {label}",
-        )
-
-    def _percent(self) -> float:
-        return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
-
-    def advance(self) -> None:
-        self.done += 1
-        if time.monotonic() - self._last >= PROGRESS_INTERVAL_S:
-            self._update()
-
-    def finish(self) -> None:
-        self.done = self.total
-        self._update()
-
-    def _update(self) -> None:
-        self._last = time.monotonic()
-        update_progress_artifact(artifact_id=self._id, progress=self._percent())
+    record_failure(summary, identifier, redact(str(text)), logger, missing=plan.missing)
 
 
 __all__ = [
