@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -123,10 +123,25 @@ def remove_scenes(
     check_store(store)
     infos = [scene_info(store, i) for i in dict.fromkeys(identifiers)]
     empty_trash(store)
+    return remove_each(
+        infos, lambda identifier: remove_scene(store, identifier, wait_seconds=wait_seconds)
+    )
+
+
+def remove_each(infos: Sequence[SceneInfo], remove: Callable[[str], int]) -> list[Removal]:
+    """Remove each scene with ``remove``; a busy scene is skipped and reported, the others go on.
+
+    Args:
+        infos: The scenes, as the inventory lists them.
+        remove: Removes one scene by identifier and returns the bytes it freed.
+
+    Returns:
+        One :class:`Removal` per scene, in order.
+    """
     results = []
     for info in infos:
         try:
-            size = remove_scene(store, info.identifier, wait_seconds=wait_seconds)
+            size = remove(info.identifier)
         except SceneBusyError as err:
             results.append(Removal(info.identifier, info.size_bytes, False, str(err)))
         except SceneNotFoundError:  # another remover was faster: it is gone all the same
@@ -249,6 +264,7 @@ __all__ = [
     "Removal",
     "empty_trash",
     "read_keep_list",
+    "remove_each",
     "remove_scene",
     "remove_scenes",
     "select_before",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from scenestore.errors import LeaseHeldError, SceneBusyError, SceneNotFoundError
+from scenestore.errors import LeaseHeldError, SceneBusyError
 from scenestore.objstore.catalog import check_store, scene_info
 from scenestore.objstore.lease import LeaseLock
 from scenestore.objstore.location import (
@@ -33,7 +33,7 @@ from scenestore.objstore.location import (
     url_of,
 )
 from scenestore.objstore.scenes import ObjectScenes
-from scenestore.removal import Removal
+from scenestore.removal import Removal, remove_each
 
 
 def remove_scene(scenes: ObjectScenes, identifier: str, *, wait_seconds: float = 0.0) -> int:
@@ -92,17 +92,9 @@ def remove_scenes(
     """
     check_store(scenes)
     infos = [scene_info(scenes, i) for i in dict.fromkeys(identifiers)]
-    results = []
-    for info in infos:
-        try:
-            size = remove_scene(scenes, info.identifier, wait_seconds=wait_seconds)
-        except SceneBusyError as err:
-            results.append(Removal(info.identifier, info.size_bytes, False, str(err)))
-        except SceneNotFoundError:  # another remover was faster: it is gone all the same
-            results.append(Removal(info.identifier, 0, True))
-        else:
-            results.append(Removal(info.identifier, size, True))
-    return results
+    return remove_each(
+        infos, lambda identifier: remove_scene(scenes, identifier, wait_seconds=wait_seconds)
+    )
 
 
 __all__ = ["remove_scene", "remove_scenes"]
