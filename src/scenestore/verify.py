@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
 from scenestore.commit import committed_bands, drop_commit, read_commit
-from scenestore.inventory import check_store, list_scenes
+from scenestore.inventory import SceneInfo, check_store, list_scenes
 from scenestore.layout import lock_path, scene_path
 from scenestore.storage import fingerprint, remove_arrays
 
@@ -63,10 +64,22 @@ def verify_store(store: Path, identifiers: list[str] | None = None) -> tuple[int
 
     check_store(store)
     infos = [scene_info(store, i) for i in identifiers] if identifiers else list_scenes(store)
+    return verify_each(infos, lambda identifier: verify_scene(store, identifier))
+
+
+def verify_each(
+    infos: Iterable[SceneInfo], verify: Callable[[str], list[Damage]]
+) -> tuple[int, list[Damage]]:
+    """Verify each listed scene with ``verify``; return bands checked and the damage found.
+
+    Args:
+        infos: The scenes, as the inventory lists them.
+        verify: Checks one scene's committed bands by identifier (local or object store).
+    """
     checked, damage = 0, []
     for info in infos:
         checked += len(info.bands)
-        damage += verify_scene(store, info.identifier)
+        damage += verify(info.identifier)
     return checked, damage
 
 

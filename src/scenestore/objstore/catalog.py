@@ -17,7 +17,7 @@ from scenestore.errors import SceneNotFoundError
 from scenestore.inventory import SceneInfo
 from scenestore.objstore.location import band_key, identifier_of_key, scene_key, url_of
 from scenestore.objstore.scenes import TREE_SCHEME, ObjectScenes, chunk_digest, tree_checksum
-from scenestore.verify import Damage
+from scenestore.verify import Damage, verify_each
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,7 @@ def verify_store(
     infos = (
         [scene_info(scenes, i) for i in identifiers] if identifiers else list_scenes(scenes)
     )
-    checked, damage = 0, []
-    for info in infos:
-        checked += len(info.bands)
-        damage += verify_scene(scenes, info.identifier)
-    return checked, damage
+    return verify_each(infos, lambda identifier: verify_scene(scenes, identifier))
 
 
 def repair(scenes: ObjectScenes, damage: list[Damage]) -> None:
