@@ -166,7 +166,7 @@ def write_band_array(store: Any, name: str, var: xr.DataArray, enc: dict[str, An
         # explicit local scheduler: dask's default would import distributed and, inside a
         # Dask worker, hand each block back to the cluster from within a task.
         da.store(
-            var.data.astype(array.dtype), array, lock=False, compute=True, scheduler=chunk_pool()
+            var.data.astype(array.dtype), array, lock=False, compute=True, scheduler=block_pool()
         )
     else:
         array[...] = np.asarray(var.data, dtype=array.dtype)
@@ -199,7 +199,7 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def chunk_pool() -> ThreadPoolExecutor:
+def block_pool() -> ThreadPoolExecutor:
     """The process-wide thread pool that reads and writes band blocks (created on first use).
 
     One pool shared by every band being written bounds the work in flight (and so memory and
