@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.core.buffer import BufferPrototype
+from zarr.core.buffer.cpu import Buffer as CpuBuffer
+from zarr.core.buffer.cpu import NDBuffer
 
 from scenestore.commit import committed_bands, ensure_commits_group
 from scenestore.errors import CoordinateMismatchError, IncompleteSceneError, SceneNotFoundError
@@ -161,15 +164,51 @@ def write_band_array(store: Any, name: str, var: xr.DataArray, enc: dict[str, An
         dimension_names=[str(d) for d in var.dims],
         zarr_format=3,
     )
+    target = _ChunkWriter(array)
     if isinstance(var.data, da.Array):
         # Blocks cover whole zarr chunks (align_chunks), so tasks write without a lock. An
         # explicit local scheduler: dask's default would import distributed and, inside a
         # Dask worker, hand each block back to the cluster from within a task.
         da.store(
-            var.data.astype(array.dtype), array, lock=False, compute=True, scheduler=block_pool()
+            var.data.astype(array.dtype), target, lock=False, compute=True, scheduler=block_pool()
         )
     else:
-        array[...] = np.asarray(var.data, dtype=array.dtype)
+        target[...] = np.asarray(var.data, dtype=array.dtype)
+
+
+class _IntegerNDBuffer(NDBuffer):
+    """zarr's numpy chunk buffer, with an empty-chunk test that is cheap for integer bands.
+
+    Before writing a chunk zarr asks whether all of it equals the fill value (such chunks are
+    not written). It answers with ``numpy.array_equal(..., equal_nan=True)``, and numpy (2.4)
+    only knows that *signed* integers cannot hold NaN: for uint16 and uint8 it runs ``isnan``
+    and copies the chunk through a boolean mask, ~10 ms per 1830 px chunk instead of ~0.2 ms,
+    about a seventh of a full tile's ingest CPU. Integers have no NaN, so ``==`` is the same
+    answer.
+    """
+
+    def all_equal(self, other: Any, equal_nan: bool = True) -> bool:
+        data = self._data
+        if other is not None and data.dtype.kind in "biu" and np.ndim(other) == 0:
+            return bool(np.all(data == other))
+        return super().all_equal(other, equal_nan=equal_nan)
+
+
+#: The buffers band writes use (zarr's default CPU buffers but for the chunk test above).
+_WRITE_PROTOTYPE = BufferPrototype(buffer=CpuBuffer, nd_buffer=_IntegerNDBuffer)
+
+
+class _ChunkWriter:
+    """A ``da.store`` target that writes into a zarr array with :data:`_WRITE_PROTOTYPE`."""
+
+    def __init__(self, array: zarr.Array) -> None:
+        self.array = array
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.array.set_basic_selection(key, value, prototype=_WRITE_PROTOTYPE)
 
 
 def write_bands(scene: Path, ds: xr.Dataset, encodings: dict[str, dict]) -> Path:
