@@ -204,9 +204,6 @@ class _ChunkWriter:
 
     def __init__(self, array: zarr.Array) -> None:
         self.array = array
-        self.shape = array.shape
-        self.dtype = array.dtype
-        self.ndim = array.ndim
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.array.set_basic_selection(key, value, prototype=_WRITE_PROTOTYPE)
