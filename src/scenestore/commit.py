@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from scenestore.layout import COMMITS_DIR, commits_path
 
@@ -47,6 +48,25 @@ class CommitRecord:
     chunk_count: int | None = None
     nbytes: int | None = None
     checksum: str | None = None
+
+
+def layout_mismatch(meta: dict[str, Any], record: CommitRecord) -> str | None:
+    """What in a band array's ``zarr.json`` disagrees with its commit record, if anything.
+
+    Args:
+        meta: The array's zarr v3 metadata document.
+        record: The band's commit record.
+
+    Returns:
+        A sentence naming the differing shape or chunk shape, or None when both agree.
+    """
+    shape = tuple(meta.get("shape", ()))
+    chunks = tuple(meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", ()))
+    if shape != tuple(record.shape):
+        return f"shape {shape} differs from the committed {tuple(record.shape)}"
+    if chunks != tuple(record.chunks):
+        return f"chunks {chunks} differ from the committed {tuple(record.chunks)}"
+    return None
 
 
 def ensure_commits_group(scene: Path) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from scenestore.commit import committed_bands, drop_commit, read_commit
+from scenestore.commit import committed_bands, drop_commit, layout_mismatch, read_commit
 from scenestore.inventory import SceneInfo, check_store, list_scenes
 from scenestore.layout import lock_path, scene_path
 from scenestore.storage import fingerprint, remove_arrays
@@ -102,12 +102,9 @@ def _check_band(scene: Path, band: str) -> str | None:
         meta = json.loads((scene / band / "zarr.json").read_text())
     except (OSError, ValueError) as err:
         return f"array metadata unreadable ({type(err).__name__})"
-    shape = tuple(meta.get("shape", ()))
-    chunks = tuple(meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", ()))
-    if shape != tuple(record.shape):
-        return f"shape {shape} differs from the committed {tuple(record.shape)}"
-    if chunks != tuple(record.chunks):
-        return f"chunks {chunks} differ from the committed {tuple(record.chunks)}"
+    mismatch = layout_mismatch(meta, record)
+    if mismatch is not None:
+        return mismatch
     if record.checksum is None:
         return None  # a record from before checksums: nothing more to compare
     found = fingerprint(scene / band)

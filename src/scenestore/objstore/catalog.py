@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from scenestore.commit import layout_mismatch
 from scenestore.errors import SceneNotFoundError
 from scenestore.inventory import SceneInfo
 from scenestore.objstore.location import band_key, identifier_of_key, scene_key, url_of
@@ -201,12 +202,9 @@ def _check_band(scenes: ObjectScenes, identifier: str, band: str) -> str | None:
         meta = None
     if meta is None:
         return "array metadata missing or unreadable"
-    shape = tuple(meta.get("shape", ()))
-    chunks = tuple(meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", ()))
-    if shape != tuple(record.shape):
-        return f"shape {shape} differs from the committed {tuple(record.shape)}"
-    if chunks != tuple(record.chunks):
-        return f"chunks {chunks} differ from the committed {tuple(record.chunks)}"
+    mismatch = layout_mismatch(meta, record)
+    if mismatch is not None:
+        return mismatch
     if record.checksum is None:
         return None
     # Both schemes in one pass over the chunks, in name order: a store copied from a local
