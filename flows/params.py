@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from flows.windows import MAX_LOOKBACK_DAYS, DateWindow, resolve_dates
 from scenestore.bands import normalize_bands
 from scenestore.errors import InvalidRequestError
+from scenestore.network import DEFAULT_BACKOFF_S, DEFAULT_JITTER, DEFAULT_RETRIES
 from scenestore.profiles import PROFILES, get_profile
 from scenestore.search import SceneQuery, build_query
 
@@ -77,13 +78,16 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_in_flight: InFlight = 4
-    retries: Annotated[int, Field(ge=0, le=10, description="Retries of a transient failure.")] = 3
+    # The same defaults as the library's and the CLI's (scenestore.network).
+    retries: Annotated[
+        int, Field(ge=0, le=10, description="Retries of a transient failure.")
+    ] = DEFAULT_RETRIES
     retry_backoff_seconds: Annotated[
         float, Field(ge=0, le=600, description="First retry delay; doubles on each retry.")
-    ] = 2.0
+    ] = DEFAULT_BACKOFF_S
     retry_jitter_factor: Annotated[
         float, Field(ge=0, le=1, description="Random extra delay, as a fraction of the delay.")
-    ] = 0.5
+    ] = DEFAULT_JITTER
     search_cache_seconds: Annotated[
         int, Field(ge=0, le=7 * 86400, description="How long a STAC search result is reused.")
     ] = 3600

@@ -29,15 +29,12 @@ from prefect.tasks import exponential_backoff
 from flows.params import StoreSpec, query_from_key
 from scenestore.errors import ScenestoreError, TransientSourceError
 from scenestore.manager import IngestResult
+from scenestore.network import DEFAULT_BACKOFF_S, DEFAULT_JITTER, DEFAULT_RETRIES
 from scenestore.redact import redact
 from scenestore.search import search_scenes
 
-#: Retries of a transient failure unless a run asks otherwise (RunOptions.retries).
-DEFAULT_RETRIES = 3
-#: First retry delay in seconds; doubles on each retry.
-DEFAULT_BACKOFF_SECONDS = 2.0
-#: Random extra delay, as a fraction of the delay, so retries of many scenes spread out.
-DEFAULT_JITTER = 0.5
+#: Retry defaults unless a run asks otherwise (RunOptions): the library's and the CLI's, one place.
+DEFAULT_BACKOFF_SECONDS = DEFAULT_BACKOFF_S
 #: How long a search result is reused unless a run asks otherwise.
 DEFAULT_SEARCH_CACHE = timedelta(hours=1)
 

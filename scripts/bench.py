@@ -336,6 +336,79 @@ def variant_open(items: list[dict], store: Path) -> dict:
     }
 
 
+def variant_integrity(items: list[dict], store: Path) -> dict:
+    """What the crc32c chunk checksums cost: writing and reading the stored scene's 13 bands
+    with and without them (same Blosc codec, real zarr), and ``open(verify=True)``."""
+    import numpy as np
+    import zarr
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    from scenestore import StacStoreManager
+
+    manager = StacStoreManager(ALL_BANDS, store)
+    ident = manager.identifier(items[0]["id"])
+    scene = store / f"{ident}.zarr"
+    data = {b: zarr.open_array(scene / b, mode="r")[...] for b in ALL_BANDS}
+    out = Path(tempfile.mkdtemp(dir=store.parent, prefix="integrity-"))
+    timing = {}
+    for label, extra in (("plain", []), ("crc32c", [Crc32cCodec()])):
+        started = time.perf_counter()
+        for band, values in data.items():
+            meta = json.loads((scene / band / "zarr.json").read_text())
+            blosc = BloscCodec.from_dict(next(c for c in meta["codecs"] if c["name"] == "blosc"))
+            array = zarr.create_array(
+                store=out / label / f"{ident}.zarr" / band,
+                shape=values.shape,
+                dtype=values.dtype,
+                chunks=tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]),
+                fill_value=0,
+                compressors=[blosc, *extra],
+                zarr_format=3,
+            )
+            array[...] = values
+        timing[f"{label}_write_s"] = time.perf_counter() - started
+    reads = {"plain": [], "crc32c": []}
+    for _ in range(3):
+        for label in reads:
+            started = time.perf_counter()
+            for band in ALL_BANDS:
+                values = zarr.open_array(out / label / f"{ident}.zarr" / band, mode="r")[...]
+                assert np.array_equal(values, data[band])
+            reads[label].append(time.perf_counter() - started)
+    plain_read, crc_read = min(reads["plain"]), min(reads["crc32c"])
+    # scenestore's own read path (zarr's crc32c codec plus the CheckedStore's check) beside
+    # xarray's plain one, each the best of three after a warm-up open.
+    import xarray as xr
+
+    manager.open(ident, eager=True)
+    checked, unchecked = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        manager.open(ident, eager=True)
+        checked.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        xr.open_zarr(scene, consolidated=False, chunks={}, mask_and_scale=False)[ALL_BANDS].load()
+        unchecked.append(time.perf_counter() - started)
+    checked_read, unchecked_read = min(checked), min(unchecked)
+    opens = {False: [], True: []}
+    for _ in range(5):
+        for verify in opens:
+            started = time.perf_counter()
+            manager.open(ident, verify=verify)
+            opens[verify].append(time.perf_counter() - started)
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "crc32c_write_overhead": timing["crc32c_write_s"] / timing["plain_write_s"] - 1,
+        "crc32c_read_overhead": crc_read / plain_read - 1,
+        "plain_read_s": plain_read,
+        "crc32c_read_s": crc_read,
+        "checked_open_eager_s": checked_read,
+        "unchecked_open_eager_s": unchecked_read,
+        "open_ms": sorted(opens[False])[2] * 1000,
+        "open_verify_ms": sorted(opens[True])[2] * 1000,
+    }
+
+
 def variant_check(items: list[dict], store: Path, how: str) -> dict:
     """Per-scene cost of the missing-band check over a store of CHECK_SCENES scenes."""
     scenes = sorted(store.glob("*.zarr"))
@@ -454,6 +527,7 @@ def main() -> None:
             results[name]["mb_s"] = source / 1e6 / results[name]["ingest_s"]
         incremental = run("incremental")
         opened = run("open", "scenestore")
+        integrity = run("integrity", "scenestore")
         first = next((Path(tmp) / "scenestore").glob("*.zarr"))
         _check_store(first, Path(tmp) / "check")
         checks = {how: run(f"check-{how}", "check") for how in ("baseline", "scenestore")}
@@ -485,6 +559,14 @@ def main() -> None:
         f"cached open: {opened['open_ms']:.1f} ms, lazy={opened['lazy']}; eager load "
         f"{opened['eager_load_s']:.2f} s, {opened['eager_gb']:.2f} GB, "
         f"dtypes {opened['eager_dtypes']}"
+    )
+    print(
+        f"crc32c chunk checksums: write +{integrity['crc32c_write_overhead'] * 100:.1f} %, "
+        f"read +{integrity['crc32c_read_overhead'] * 100:.1f} % ({integrity['plain_read_s']:.2f}"
+        f" -> {integrity['crc32c_read_s']:.2f} s for 13 bands; eager open "
+        f"{integrity['checked_open_eager_s']:.2f} s, xarray alone "
+        f"{integrity['unchecked_open_eager_s']:.2f} s); open {integrity['open_ms']:.1f} ms, with "
+        f"verify=True {integrity['open_verify_ms']:.1f} ms"
     )
     cb, cs = checks["baseline"], checks["scenestore"]
     print(
@@ -518,6 +600,10 @@ def main() -> None:
         "open_ms": round(opened["open_ms"], 1),
         "open_is_lazy": opened["lazy"],
         "eager_dtypes": opened["eager_dtypes"],
+        "crc32c_write_overhead": round(integrity["crc32c_write_overhead"], 3),
+        "crc32c_read_overhead": round(integrity["crc32c_read_overhead"], 3),
+        "checked_open_eager_s": round(integrity["checked_open_eager_s"], 3),
+        "open_verify_ms": round(integrity["open_verify_ms"], 1),
         "check_ms_per_scene": round(cs["check_ms_per_scene"], 4),
         "baseline_check_ms_per_scene": round(cb["check_ms_per_scene"], 3),
     }

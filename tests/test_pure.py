@@ -87,7 +87,9 @@ def test_full_tile_chunks():
 
 
 @pytest.mark.parametrize(
-    "bbox", ["1,2,3", "a,b,c,d", "3,0,1,1", "0,3,1,1", "0,0,200,1", "0,-91,1,1"]
+    # W > E ("3,0,1,1") crosses the antimeridian and is valid STAC; W == E is empty.
+    "bbox",
+    ["1,2,3", "a,b,c,d", "1,0,1,1", "0,3,1,1", "0,0,200,1", "0,-91,1,1", "nan,0,1,1"],
 )
 def test_bad_bboxes_are_rejected(bbox):
     with pytest.raises(InvalidRequestError, match="bbox"):

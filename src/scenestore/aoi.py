@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import shapely.affinity
 import shapely.geometry
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
@@ -22,8 +24,8 @@ def parse_bbox(value: BBoxLike) -> BBox:
     """Normalise ``"W,S,E,N"`` or a 4-sequence into a validated lon/lat bbox.
 
     Raises:
-        InvalidRequestError: If it is not four numbers with W < E, S < N, within -180..180 and
-            -90..90.
+        InvalidRequestError: If it is not four numbers with S < N and W != E, within
+            -180..180 and -90..90 (W > E crosses the antimeridian, as STAC allows).
     """
     parts = value.split(",") if isinstance(value, str) else list(value)
     try:
@@ -36,16 +38,67 @@ def parse_bbox(value: BBoxLike) -> BBox:
         raise InvalidRequestError(
             f"Invalid bbox {value!r}: {len(numbers)} numbers; expected four, W,S,E,N."
         )
+    for part, number in zip(parts, numbers, strict=False):
+        if math.isnan(number):  # NaN compares false with everything: not "out of range"
+            raise InvalidRequestError(
+                f"bbox value {str(part).strip()!r} is not a number; expected W,S,E,N in degrees."
+            )
     w, s, e, n = numbers
     if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= 90 and -90 <= n <= 90):
         raise InvalidRequestError(
             f"Invalid bbox {value!r}: outside lon -180..180 / lat -90..90; expected degrees."
         )
-    if w >= e or s >= n:
+    # W > E is a bbox crossing the antimeridian (STAC / RFC 7946 section 5.2); W == E is empty.
+    if w == e or s >= n:
         raise InvalidRequestError(
-            f"Invalid bbox {value!r}: min must be below max (W < E and S < N); expected W,S,E,N."
+            f"Invalid bbox {value!r}: empty (W = E, or S not below N); expected W,S,E,N with "
+            "S < N (W > E crosses the antimeridian)."
         )
     return (w, s, e, n)
+
+
+def bbox_geometry(bbox: BBox) -> BaseGeometry:
+    """The lon/lat geometry of a bbox: a box, or two boxes if it crosses the antimeridian."""
+    w, s, e, n = bbox
+    if w < e:
+        return shapely.geometry.box(w, s, e, n)
+    return shapely.geometry.MultiPolygon(
+        [shapely.geometry.box(w, s, 180, n), shapely.geometry.box(-180, s, e, n)]
+    )
+
+
+def split_antimeridian(geom: BaseGeometry) -> BaseGeometry:
+    """Split polygons drawn across the antimeridian into their parts on either side.
+
+    A ring whose longitude jumps by more than 180 degrees between consecutive vertices is
+    read as crossing the antimeridian (RFC 7946 section 3.1.9 asks writers to split such
+    polygons; readers meet both forms). Read naively it would be the band the other way round
+    the Earth. Already-split polygons (and MultiPolygons) are returned as they are.
+    """
+    if geom.geom_type == "MultiPolygon":
+        return unary_union([split_antimeridian(p) for p in geom.geoms])
+    if geom.geom_type != "Polygon" or not _crosses_antimeridian(geom.exterior.coords):
+        return geom
+    shifted = shapely.geometry.Polygon(
+        [_east(c) for c in geom.exterior.coords],
+        [[_east(c) for c in ring.coords] for ring in geom.interiors],
+    )
+    east = shifted.intersection(shapely.geometry.box(-180, -90, 180, 90))
+    west = shapely.affinity.translate(
+        shifted.intersection(shapely.geometry.box(180, -90, 540, 90)), xoff=-360
+    )
+    return unary_union([g for g in (east, west) if not g.is_empty])
+
+
+def _crosses_antimeridian(coords: Sequence[Sequence[float]]) -> bool:
+    pts = list(coords)
+    return any(abs(b[0] - a[0]) > 180 for a, b in zip(pts, pts[1:], strict=False))
+
+
+def _east(coord: Sequence[float]) -> tuple[float, float]:
+    # Negative longitudes continue east of 180 so the polygon is drawn the short way round.
+    x, y = coord[0], coord[1]
+    return (x + 360 if x < 0 else x, y)
 
 
 def parse_geojson(value: Mapping[str, Any] | str | Path) -> BaseGeometry:
@@ -87,6 +140,8 @@ def parse_geojson(value: Mapping[str, Any] | str | Path) -> BaseGeometry:
             f"AOI {_short(source)} is not valid GeoJSON ({err}); expected a geometry, Feature or "
             "FeatureCollection with Polygon or MultiPolygon coordinates in lon/lat."
         ) from err
+    if not geom.is_empty and geom.is_valid:
+        geom = split_antimeridian(geom)
     if geom.is_empty or not geom.is_valid:
         raise InvalidRequestError(
             f"AOI {_short(source)} is empty or self-intersecting; expected a valid polygon."

@@ -40,8 +40,8 @@ from pystac.validation import GetSchemaError, JsonSchemaSTACValidator
 from scenestore.bands import BAND_SPECS
 from scenestore.commit import committed_bands
 from scenestore.errors import InvalidRequestError
+from scenestore.fsafety import checked_scene, inside_store, unsafe_reason
 from scenestore.inventory import SceneInfo, list_scenes
-from scenestore.layout import scene_path
 from scenestore.quicklook import quicklook_path
 
 logger = logging.getLogger(__name__)
@@ -84,15 +84,18 @@ def scene_item(store: Path, info: SceneInfo) -> pystac.Item:
     """
     import zarr
 
-    scene = scene_path(store, info.identifier)
+    # Assets are read from the store only: a linked scene, band or quicklook is refused.
+    scene = checked_scene(store, info.identifier, committed=True)
     thumbnail = quicklook_path(store, info.identifier)
+    # A quicklook reached through a link is no asset of the store: the item gets no thumbnail.
+    has_thumbnail = thumbnail.is_file() and unsafe_reason(store, thumbnail) is None
     return build_item(
         info,
         zarr.open_group(scene, mode="r"),
         committed_bands(scene),
         scene_href=str(scene.resolve()),
         # rendered by the ingest flow (or `scenestore quicklook`)
-        thumbnail_href=str(thumbnail.resolve()) if thumbnail.is_file() else None,
+        thumbnail_href=str(thumbnail.resolve()) if has_thumbnail else None,
     )
 
 
@@ -116,13 +119,14 @@ def build_item(
     Raises:
         InvalidRequestError: If the scene records no sensing datetime.
     """
-    from pyproj import CRS
+    from scenestore.storage import _crs_of
 
     x, y = group["x"][...], group["y"][...]
     res_x = float(x[1] - x[0]) if x.size > 1 else 10.0
     res_y = float(y[1] - y[0]) if y.size > 1 else -10.0
     transform = [res_x, 0.0, float(x[0]) - res_x / 2, 0.0, res_y, float(y[0]) - res_y / 2]
-    crs = CRS.from_wkt(dict(group["spatial_ref"].attrs)["crs_wkt"])
+    # Any CRS form pyproj accepts (a subclass may store "EPSG:32633" rather than WKT).
+    crs = _crs_of(dict(group["spatial_ref"].attrs), what=f"Scene {info.identifier!r}")
     geometry, bbox = _footprint(crs, transform, (int(y.size), int(x.size)))
     attrs = dict(info.attrs)
     item = pystac.Item(
@@ -252,8 +256,11 @@ def check_catalog_dir(out: Path, store: Path | None) -> Path:
     Raises:
         InvalidRequestError: If ``out`` is the store, inside a scene, a file, or a directory
             that holds other things than a catalog.
+        UnsafePathError: If ``out`` is a symlink.
     """
     out = out.absolute()
+    # The directory is replaced whole: a link here would be renamed, and its target left behind.
+    inside_store(out.parent, out)
     is_store = store is not None and out == store.absolute()
     if is_store or any(p.suffix == ".zarr" for p in (out, *out.parents)):
         raise InvalidRequestError(

@@ -21,13 +21,55 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer._click import exceptions as click_errors  # typer vendors click since 0.2x
+from typer.core import TyperGroup
 
 from scenestore.bands import ALL_BANDS, normalize_bands
 from scenestore.cli_options import StoreOpt, _store_location  # noqa: F401 (shared with cli_store)
-from scenestore.errors import InvalidRequestError, ScenestoreError
+from scenestore.errors import (
+    DamagedSceneError,
+    InvalidRequestError,
+    ScenestoreError,
+    StoreIOError,
+    TransientSourceError,
+)
+from scenestore.network import DEFAULT_RETRIES
 from scenestore.redact import redact
 
+
+class _OneLineErrors(TyperGroup):
+    """typer's group, with usage errors as one line on stderr (exit 2) instead of a box.
+
+    Overriding ``main`` covers both the installed entry point and typer's ``CliRunner``.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as err:  # bare `scenestore`: the help
+            err.show()
+            sys.exit(err.exit_code)
+        except click_errors.ClickException as err:
+            command = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) else ""
+            message = " ".join(err.format_message().split())  # one line, whatever click wrote
+            err_console.print(
+                f"[bold red]error:[/] {command}{redact(message)} (see --help)",
+                highlight=False,
+                soft_wrap=True,
+                markup=True,
+            )
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            err_console.print("Aborted.", highlight=False)
+            sys.exit(1)
+        # Without standalone mode typer returns the typer.Exit code, or the command's value.
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="scenestore",
     help="A raw data store for Sentinel-2 L2A scenes (STAC -> odc-stac -> zarr v3).",
     no_args_is_help=True,
@@ -70,7 +112,10 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             err_console.print(
                 f"[bold red]error:[/] {redact(str(err))}", highlight=False, soft_wrap=True
             )
-            raise typer.Exit(EXIT_USER_ERROR) from None
+            # Damage, a local disk failure and a source still failing after the retries are
+            # not user mistakes: exit 1, like a failed scene.
+            failed = isinstance(err, DamagedSceneError | StoreIOError | TransientSourceError)
+            raise typer.Exit(EXIT_SCENE_FAILED if failed else EXIT_USER_ERROR) from None
 
     return wrapper
 
@@ -78,8 +123,16 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            help="Seconds to wait for a STAC API or COG server's answer (default 60; connect 10). "
+            "Also SCENESTORE_HTTP_TIMEOUT / SCENESTORE_HTTP_CONNECT_TIMEOUT.",
+        ),
+    ] = None,
 ) -> None:
-    """Configure logging for every command."""
+    """Configure logging and timeouts for every command."""
     from rich.logging import RichHandler
 
     from scenestore.redact import RedactingFilter
@@ -93,6 +146,32 @@ def main(
     )
     # urllib3 logs every retry of an unreachable host; the one-line error says it better.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
+    _route_library_warnings(verbose)
+    if timeout is not None:
+        from scenestore.network import set_timeout
+
+        try:
+            set_timeout(timeout)
+        except InvalidRequestError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _route_library_warnings(verbose: bool) -> None:
+    """Send rasterio/odc/GDAL warnings to logging: shown with -v, otherwise dropped.
+
+    Under faults GDAL and odc-loader warn once per failed range request, dozens of lines a
+    run, though the retries succeed; the summary and the one-line errors say what matters.
+    """
+    import warnings
+
+    logging.captureWarnings(True)
+    if not verbose:
+        logging.getLogger("py.warnings").setLevel(logging.CRITICAL)
+        for name in ("rasterio", "rasterio._env", "rasterio._err", "odc", "odc.loader", "odc.stac"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    else:
+        warnings.simplefilter("default")
 
 
 def _query(bbox: str | None, aoi: Path | None, start: str, end: str, max_cloud, tiles):
@@ -115,10 +194,9 @@ def search(
 ) -> None:
     """Search a STAC API and print the matching scenes as a table."""
     from scenestore.profiles import get_profile, tile_of
-    from scenestore.search import search_scenes
 
     prof = get_profile(profile)
-    items = search_scenes(
+    items = _search_with_retries(
         _query(bbox, aoi, start, end, max_cloud, tiles), stac_url=stac_url, profile=prof
     )
     table = Table(title=f"{len(items)} scenes")
@@ -154,7 +232,7 @@ def ingest(
     parallel: Annotated[int, typer.Option("--parallel", help="Scenes in flight at once.")] = 2,
     retries: Annotated[
         int, typer.Option("--retries", help="Further attempts after a transient failure.")
-    ] = 4,
+    ] = DEFAULT_RETRIES,
     item_files: Annotated[
         list[Path] | None,
         typer.Option("--item", help="Ingest this STAC item JSON file instead of searching."),
@@ -162,7 +240,6 @@ def ingest(
 ) -> None:
     """Search (or read --item files), then download the missing bands of every scene."""
     from scenestore.ingest import ingest_items
-    from scenestore.search import search_scenes
     from scenestore.stac import StacStoreManager
 
     band_list = normalize_bands(bands)
@@ -179,6 +256,7 @@ def ingest(
             )
         items = [_read_item(path) for path in item_files]
         for item in items:  # every item must be storable before anything is downloaded
+            manager.identifier(item)  # an unsafe id is a user mistake: exit 2 up front
             manager.check_item(item)
         query = None
     else:
@@ -188,7 +266,9 @@ def ingest(
     manager.check_writable()
     started = time.perf_counter()
     if query is not None:
-        items = search_scenes(query, stac_url=manager.stac_url, profile=manager.profile)
+        items = _search_with_retries(
+            query, stac_url=manager.stac_url, profile=manager.profile, retries=retries
+        )
     with Progress(
         TextColumn("[bold]ingest"),
         BarColumn(),
@@ -210,6 +290,14 @@ def ingest(
     _print_summary(results, elapsed)
     if any(r.error for r in results):
         raise typer.Exit(EXIT_SCENE_FAILED)
+
+
+def _search_with_retries(query: Any, *, retries: int = DEFAULT_RETRIES, **kwargs: Any) -> list:
+    """The search, retried like a scene: only transient failures (5xx, 429, reset, timeout)."""
+    from scenestore.network import transient_retrying
+    from scenestore.search import search_scenes
+
+    return transient_retrying(retries, what="the STAC search")(search_scenes, query, **kwargs)
 
 
 def _required(value: str | None, option: str) -> str:
@@ -295,12 +383,22 @@ def ls_(
     table.add_column("size", justify="right", no_wrap=True)
     for info in infos:
         bands = _bands(info.bands) if info.bands else "(none committed)"
+        if info.damaged:
+            bands += f" [red](damaged: {'; '.join(info.damaged)})[/]"
         cloud = "" if info.cloud_cover is None else f"{info.cloud_cover:.1f}"
         table.add_row(
             info.identifier, (info.datetime or "")[:10], info.tile or "", cloud, bands,
             _size(info.size_bytes),
         )
     console.print(table)
+    damaged = [i.identifier for i in infos if i.damaged]
+    if damaged:
+        err_console.print(
+            f"[red]damaged:[/] {len(damaged)} scenes ({', '.join(damaged)}); run `scenestore "
+            "verify` to see each problem, `--repair` to fix them.",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()
@@ -309,37 +407,56 @@ def info(
     store: StoreOpt, identifier: Annotated[str, typer.Argument(help="Scene identifier.")]
 ) -> None:
     """Show one scene's grid, bands and attributes."""
+    from scenestore.storage import crs_text
     from scenestore.stores import band_details, open_scene_group, scene_info
 
     meta = scene_info(store, identifier)
-    group = open_scene_group(store, identifier)
-    x, y = group["x"][...], group["y"][...]
-    crs = dict(group["spatial_ref"].attrs).get("crs_wkt", "") if "spatial_ref" in group else ""
     console.print(f"[bold]{meta.identifier}[/]  ({_size(meta.size_bytes)})")
-    res = float(x[1] - x[0]) if len(x) > 1 else float("nan")
-    console.print(
-        f"grid: {len(y)} x {len(x)} px at {res:g} m, x {x[0]:.1f}..{x[-1]:.1f}, "
-        f"y {y[0]:.1f}..{y[-1]:.1f} (pixel centres), CRS {_crs_name(crs)}"
-    )
+    try:
+        group = open_scene_group(store, identifier)
+        x, y = group["x"][...], group["y"][...]
+        crs = crs_text(dict(group["spatial_ref"].attrs)) if "spatial_ref" in group else None
+    except (OSError, ValueError, KeyError, TypeError) as err:  # zarr.json deleted or garbage
+        console.print(f"grid: unreadable ({type(err).__name__}): the scene group is damaged")
+    else:
+        res = float(x[1] - x[0]) if len(x) > 1 else float("nan")
+        console.print(
+            f"grid: {len(y)} x {len(x)} px at {res:g} m, x {x[0]:.1f}..{x[-1]:.1f}, "
+            f"y {y[0]:.1f}..{y[-1]:.1f} (pixel centres), CRS {_crs_name(crs)}"
+        )
     table = Table(title="bands")
     for col in ("band", "dtype", "shape", "chunks", "codecs", "committed"):
         table.add_column(col)
-    for band, d in band_details(store, identifier).items():
+    details = band_details(store, identifier)
+    for band, d in details.items():
         table.add_row(
             band,
-            d["dtype"],
+            str(d["dtype"] or "?"),
             "x".join(map(str, d["shape"])),
             "x".join(map(str, d["chunks"])),
             ",".join(d["codecs"]),
-            str(d["written_at"]),
+            f"DAMAGED: {d['problem']}" if d.get("problem") else str(d["written_at"]),
         )
     console.print(table)
+    damage = list(meta.damaged) + [
+        f"{band}: {d['problem']}"
+        for band, d in details.items()
+        if d.get("problem") and f"{band}: {d['problem']}" not in meta.damaged
+    ]
     attrs = Table(title="attributes")
     attrs.add_column("name")
     attrs.add_column("value")
     for k, v in sorted(meta.attrs.items()):
         attrs.add_row(k, redact(str(v))[:100])
     console.print(attrs)
+    if damage:
+        err_console.print(
+            f"[red]damaged:[/] {identifier}: {'; '.join(damage)}; run `scenestore verify "
+            "--repair`, then ingest again.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_SCENE_FAILED)
 
 
 @app.command("open")
@@ -351,6 +468,12 @@ def open_(
         ALL_BANDS
     ),
     profile: ProfileOpt = "earth-search",
+    verify_: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="First check chunk files against the commit records (no reads)."
+        ),
+    ] = False,
 ) -> None:
     """Open a stored scene offline (never the network) and print what it holds."""
     from scenestore.stac import StacStoreManager
@@ -358,7 +481,7 @@ def open_(
 
     check_store(store)
     manager = StacStoreManager(normalize_bands(bands), store, profile=profile)
-    ds = manager.open(identifier)
+    ds = manager.open(identifier, verify=verify_)  # damage: one line, exit 1 (user_errors)
     console.print(ds)
 
 
@@ -373,14 +496,14 @@ def verify(
         bool, typer.Option("--repair", help="Drop damaged bands so the next ingest re-fetches.")
     ] = False,
 ) -> None:
-    """Check every committed band against its commit record (shape, chunks, checksum)."""
+    """Check scene groups, commit records and committed bands (metadata, chunks, checksum)."""
     from scenestore.stores import repair, verify_store
 
     checked, damage = verify_store(store, identifiers or None)
     if not damage:
         console.print(f"{checked} committed bands checked: all match their commit records.")
         return
-    table = Table(title=f"{len(damage)} damaged of {checked} committed bands")
+    table = Table(title=f"{len(damage)} problems in {checked} committed bands and their scenes")
     for col in ("scene", "band", "problem"):
         table.add_column(col)
     for d in damage:
@@ -388,7 +511,10 @@ def verify(
     console.print(table)
     if repair_:
         repair(store, damage)
-        console.print(f"Dropped {len(damage)} damaged bands; the next ingest fetches them again.")
+        console.print(
+            f"Repaired {len(damage)} problems (damaged bands dropped, leftovers removed); the "
+            "next ingest fetches the dropped bands again."
+        )
         return
     console.print("Run again with --repair to drop them so the next ingest re-fetches them.")
     raise typer.Exit(EXIT_SCENE_FAILED)
@@ -437,12 +563,16 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _crs_name(wkt: str) -> str:
-    if not wkt:
+def _crs_name(text: Any) -> str:
+    """The CRS (in any form pyproj accepts) as ``EPSG:32633 (WGS 84 / UTM zone 33N)``."""
+    if not text:
         return "unknown"
-    from pyproj import CRS
+    from scenestore.storage import parse_crs
 
-    crs = CRS.from_wkt(wkt)
+    try:
+        crs = parse_crs(text, what="spatial_ref")
+    except InvalidRequestError:
+        return f"{str(text)[:60]!r} (not a CRS pyproj understands)"
     epsg = crs.to_epsg()
     return f"EPSG:{epsg} ({crs.name})" if epsg else crs.name
 

@@ -12,11 +12,12 @@ import contextlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from scenestore.errors import DamagedSceneError
 from scenestore.layout import COMMITS_DIR, commits_path
 
 RECORD_SUFFIX = ".json"
@@ -48,6 +49,9 @@ class CommitRecord:
     chunk_count: int | None = None
     nbytes: int | None = None
     checksum: str | None = None
+
+
+_FIELDS = {f.name for f in fields(CommitRecord)}
 
 
 def layout_mismatch(meta: dict[str, Any], record: CommitRecord) -> str | None:
@@ -105,14 +109,80 @@ def committed_bands(scene: Path) -> set[str]:
 
 
 def read_commit(scene: Path, band: str) -> CommitRecord | None:
-    """Return a band's commit record, or None if the band is not committed."""
+    """Return a band's commit record, or None if the band is not committed.
+
+    Raises:
+        DamagedSceneError: If the record exists but is not a commit record (garbage JSON,
+            missing or wrong fields).
+    """
+    path = commits_path(scene) / f"{band}{RECORD_SUFFIX}"
     try:
-        data = json.loads((commits_path(scene) / f"{band}{RECORD_SUFFIX}").read_text())
+        payload = path.read_bytes()
     except FileNotFoundError:
         return None
-    data["shape"] = tuple(data["shape"])
-    data["chunks"] = tuple(data["chunks"])
-    return CommitRecord(**data)
+    return parse_record(payload, band=band, where=str(path))
+
+
+def parse_record(payload: bytes, *, band: str, where: str) -> CommitRecord:
+    """Turn a commit record's bytes into a :class:`CommitRecord` (local and object stores).
+
+    Args:
+        payload: The record file's or object's bytes.
+        band: The band the record's name says it commits.
+        where: The record's path or key, for the error message.
+
+    Raises:
+        DamagedSceneError: If the bytes are not JSON or lack a field, or a field is malformed.
+    """
+    try:
+        data = json.loads(payload)
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        missing = [n for n in ("band", "shape", "chunks", "dtype") if n not in data]
+        if missing:
+            raise TypeError(f"no field {missing[0]!r}")
+        data["shape"] = tuple(int(n) for n in data["shape"])
+        data["chunks"] = tuple(int(n) for n in data["chunks"])
+        # Fields a later release may add are ignored, not called damage.
+        record = CommitRecord(**{k: v for k, v in data.items() if k in _FIELDS})
+        if record.band != band:
+            raise TypeError(f"it names band {record.band!r}")
+    except (ValueError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError too
+        detail = str(err).splitlines()[0][:80] if str(err) else type(err).__name__
+        raise DamagedSceneError(
+            f"Commit record {where!r} of band {band} is damaged ({detail}); run "
+            "`scenestore verify --repair` to drop it, then ingest again to re-fetch the band."
+        ) from err
+    return record
+
+
+def valid_committed_bands(scene: Path) -> tuple[set[str], dict[str, str]]:
+    """The bands whose commit record exists and parses, and the damaged records' problems.
+
+    A garbage record does not commit its band: :meth:`StoreManager.missing_bands` counts it
+    as missing (so a rerun re-fetches it) and ``verify`` reports it. Reads every record (a few
+    hundred bytes each), where :func:`committed_bands` reads one listing.
+
+    Returns:
+        The committed bands, and for each damaged record its band and a one-line problem.
+    """
+    root = os.fspath(commits_path(scene))
+    good, damaged = set(), {}
+    for band in committed_bands(scene):
+        # Plain os paths: pathlib's object overhead was most of this check's cost.
+        where = os.path.join(root, f"{band}{RECORD_SUFFIX}")
+        try:
+            with open(where, "rb") as fh:
+                payload = fh.read()
+        except FileNotFoundError:  # withdrawn since the listing
+            continue
+        try:
+            parse_record(payload, band=band, where=where)
+        except DamagedSceneError as err:
+            damaged[band] = str(err)
+        else:
+            good.add(band)
+    return good, damaged
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
@@ -136,6 +206,8 @@ __all__ = [
     "committed_bands",
     "drop_commit",
     "ensure_commits_group",
+    "parse_record",
     "read_commit",
+    "valid_committed_bands",
     "write_commit",
 ]

@@ -7,6 +7,8 @@ import logging
 import threading
 import warnings
 
+from scenestore.network import timeouts
+
 logger = logging.getLogger(__name__)
 
 _configured = False
@@ -35,7 +37,14 @@ def configure_gdal() -> None:
             return
         from odc.stac import configure_rio
 
-        configure_rio(cloud_defaults=True, **COG_OPTIONS)
+        limits = timeouts()
+        # Without these a COG server that accepts and never answers hangs the read forever.
+        configure_rio(
+            cloud_defaults=True,
+            **COG_OPTIONS,
+            GDAL_HTTP_CONNECTTIMEOUT=f"{limits.connect_s:g}",
+            GDAL_HTTP_TIMEOUT=f"{limits.read_s:g}",
+        )
         # odc-loader resamples in-memory blocks with rasterio.warp, which warns that a bare
         # array has no geotransform; the transforms are passed explicitly, so it is noise.
         from rasterio.errors import NotGeoreferencedWarning

@@ -137,13 +137,53 @@ def sign_planetary_computer(href: str) -> str:
     import requests
 
     try:
-        return planetary_computer.sign_url(href)
+        return _with_deadline(planetary_computer.sign_url, href)
+    except TimeoutError as err:
+        raise TransientSourceError(
+            f"Cannot sign {strip_query(href)!r}: the Planetary Computer token endpoint did not "
+            f"answer within {err.args[0]:g} s; expected an answer (retry later, or raise "
+            "--timeout / SCENESTORE_HTTP_TIMEOUT)."
+        ) from err
     except (requests.RequestException, OSError, ValueError) as err:
         raise TransientSourceError(
             f"Cannot sign {strip_query(href)!r} with a Planetary Computer SAS token "
             f"({type(err).__name__}: {redact(str(err))[:200]}); expected the token endpoint "
             "https://planetarycomputer.microsoft.com/api/sas/v1/token to answer."
         ) from err
+
+
+def _with_deadline(func: Callable[[str], str], href: str) -> str:
+    """Call ``func(href)`` but give up after the configured timeouts.
+
+    ``planetary_computer`` requests its SAS token without a timeout, so a token endpoint that
+    never answers would hang the ingest; the call runs in a daemon thread that may be left
+    behind (it holds no lock of ours) rather than block the run forever.
+
+    Raises:
+        TimeoutError: With the deadline in seconds as its argument.
+    """
+    import queue
+
+    from scenestore.network import timeouts
+
+    limits = timeouts()
+    deadline = limits.connect_s + limits.read_s
+    answer: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=1)
+
+    def call() -> None:
+        try:
+            answer.put((True, func(href)))
+        except BaseException as err:  # handed to the caller's thread, raised there
+            answer.put((False, err))
+
+    threading.Thread(target=call, daemon=True, name="sas-sign").start()
+    try:
+        ok, value = answer.get(timeout=deadline)
+    except queue.Empty:
+        raise TimeoutError(deadline) from None
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
 
 
 def refresh_planetary_computer() -> None:

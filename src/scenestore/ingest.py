@@ -7,16 +7,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-
-from scenestore.errors import InvalidRequestError, ScenestoreError, TransientSourceError
+from scenestore.errors import InvalidRequestError, ScenestoreError, store_io_error
 from scenestore.manager import IngestResult, StoreManager
+from scenestore.network import DEFAULT_BACKOFF_S, DEFAULT_RETRIES, transient_retrying
 from scenestore.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -26,8 +19,6 @@ T = TypeVar("T")
 #: Scenes in flight at once by default: while one scene's pixels are decoded and compressed,
 #: the next one's metadata, requests and zarr set-up overlap with it.
 DEFAULT_SCENES_IN_FLIGHT = 2
-#: Further attempts of a scene after a transient source failure.
-DEFAULT_RETRIES = 4
 
 
 def ingest_items(
@@ -36,7 +27,7 @@ def ingest_items(
     *,
     max_workers: int = DEFAULT_SCENES_IN_FLIGHT,
     retries: int = DEFAULT_RETRIES,
-    backoff_s: float = 1.0,
+    backoff_s: float = DEFAULT_BACKOFF_S,
     on_result: Callable[[IngestResult], None] | None = None,
 ) -> list[IngestResult]:
     """Download and store the missing bands of each scene, several scenes at a time.
@@ -67,17 +58,20 @@ def ingest_items(
         )
     items = list(items)
 
-    retrying = Retrying(
-        retry=retry_if_exception_type(TransientSourceError),
-        stop=stop_after_attempt(retries + 1),
-        wait=wait_exponential_jitter(multiplier=backoff_s, max=30 * backoff_s, jitter=backoff_s),
-        before_sleep=_log_retry,
-        reraise=True,
-    )
+    # Only TransientSourceError is retried: a local I/O error (StoreIOError, disk full) or a
+    # user mistake would fail the same way again.
+    retrying = transient_retrying(retries, backoff_s=backoff_s, what="a scene")
 
     def one(item: T) -> IngestResult:
         try:
-            result = retrying.copy()(manager.ingest, item)
+            try:
+                result = retrying.copy()(manager.ingest, item)
+            except OSError as err:
+                # Disk full or read-only while the scene is created: one line, not a traceback.
+                local = store_io_error(err)
+                if local is None:
+                    raise
+                raise local from err
         except ScenestoreError as err:
             identifier = _safe_identifier(manager, item)
             # The result carries the error; callers report it (the CLI in its summary).
@@ -91,13 +85,6 @@ def ingest_items(
         return [one(item) for item in items]
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="scene") as pool:
         return list(pool.map(one, items))
-
-
-def _log_retry(state: RetryCallState) -> None:
-    err = state.outcome.exception() if state.outcome else None
-    logger.warning(
-        "Transient failure (attempt %d), retrying: %s", state.attempt_number, redact(str(err))
-    )
 
 
 def _safe_identifier(manager: StoreManager[T], item: T) -> str:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scenestore.commit import committed_bands, read_commit
-from scenestore.errors import SceneNotFoundError, StoreError
-from scenestore.layout import identifier_of, scene_path
+from scenestore.commit import committed_bands, read_commit, valid_committed_bands
+from scenestore.errors import DamagedSceneError, SceneNotFoundError, StoreError
+from scenestore.fsafety import checked_scene, inside_store, unsafe_reason
+from scenestore.layout import COMMITS_DIR, identifier_of
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,9 @@ class SceneInfo:
         tile: MGRS tile, if recorded.
         cloud_cover: ``eo:cloud_cover`` in percent, if recorded.
         attrs: All scene attributes.
+        damaged: One line per problem found in the scene's small metadata (group or band
+            ``zarr.json``, commit records); empty for a sound scene. Chunks are not read:
+            ``scenestore verify`` checks them.
     """
 
     identifier: str
@@ -35,6 +42,7 @@ class SceneInfo:
     tile: str | None = None
     cloud_cover: float | None = None
     attrs: dict[str, Any] = field(default_factory=dict, repr=False)
+    damaged: tuple[str, ...] = ()
 
     def as_record(self) -> dict[str, Any]:
         """The inventory entry as JSON-ready values (what ``scenestore ls --json`` prints)."""
@@ -46,6 +54,7 @@ class SceneInfo:
             "bands": list(self.bands),
             "size_bytes": self.size_bytes,
             "source_item": self.attrs.get("stac_id"),
+            "damaged": list(self.damaged),
         }
 
 
@@ -72,8 +81,17 @@ def list_scenes(store: Path) -> list[SceneInfo]:
     infos = []
     for entry in sorted(os.scandir(store), key=lambda e: e.name):
         identifier = identifier_of(Path(entry.path))
-        if identifier and entry.is_dir():
-            infos.append(_info(Path(entry.path), identifier))
+        if not identifier or not entry.is_dir():
+            continue
+        # A linked scene (or _commits) is skipped, never followed: so prune never reaches it.
+        reason = unsafe_reason(store, Path(entry.path) / COMMITS_DIR)
+        if reason is not None:
+            logger.warning(
+                "Skipping scene %r, never following a link out of the store: %s.",
+                identifier, reason,
+            )
+            continue
+        infos.append(_info(Path(entry.path), identifier))
     return infos
 
 
@@ -84,7 +102,7 @@ def scene_info(store: Path, identifier: str) -> SceneInfo:
         SceneNotFoundError: If the scene is not in the store.
     """
     check_store(store)
-    path = scene_path(store, identifier)
+    path = checked_scene(store, identifier)  # a linked scene or _commits is refused, not followed
     if not path.is_dir():
         raise SceneNotFoundError(
             f"Scene {identifier!r} is not in the store {str(store)!r}; expected one of the "
@@ -95,39 +113,102 @@ def scene_info(store: Path, identifier: str) -> SceneInfo:
 
 def band_details(store: Path, identifier: str) -> dict[str, dict[str, Any]]:
     """Return each committed band's commit record and stored codec metadata."""
-    path = scene_path(store, identifier)
+    path = checked_scene(store, identifier)
     details = {}
     for band in sorted(committed_bands(path)):
-        record = read_commit(path, band)
-        meta = json.loads((path / band / "zarr.json").read_text())
-        details[band] = {
-            "shape": tuple(meta["shape"]),
-            "dtype": meta["data_type"],
-            "chunks": tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]),
-            "fill_value": meta.get("fill_value"),
-            "codecs": [c["name"] for c in meta.get("codecs", [])],
-            "attributes": meta.get("attributes", {}),
-            "written_at": record.written_at if record else None,
-        }
+        inside_store(store, path / band)  # a linked band is refused, not read
+        try:
+            record = read_commit(path, band)
+        except DamagedSceneError:
+            details[band] = array_details(None, None, problem="commit record damaged")
+            continue
+        try:
+            meta = json.loads((path / band / "zarr.json").read_bytes())
+        except (OSError, ValueError) as err:
+            what = "missing" if isinstance(err, FileNotFoundError) else "unreadable"
+            details[band] = array_details(None, record, problem=f"array zarr.json {what}")
+            continue
+        details[band] = array_details(meta, record)
     return details
 
 
-def _info(path: Path, identifier: str) -> SceneInfo:
+def array_details(
+    meta: dict[str, Any] | None, record: Any, *, problem: str | None = None
+) -> dict[str, Any]:
+    """One band's row of ``scenestore info`` from its ``zarr.json`` and commit record.
+
+    Metadata that is missing or malformed gives empty fields and ``problem`` (never a crash),
+    so ``info`` shows the damage beside the whole bands.
+    """
+    meta = meta if isinstance(meta, dict) else {}
     try:
-        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        attrs = {}
+        chunks = tuple(meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", ()))
+        codecs = [str(c.get("name")) for c in meta.get("codecs", [])]
+        shape = tuple(meta.get("shape", ()))
+    except (AttributeError, TypeError):
+        chunks, codecs, shape = (), [], ()
+        problem = problem or "array zarr.json malformed"
+    return {
+        "shape": shape,
+        "dtype": meta.get("data_type"),
+        "chunks": chunks,
+        "fill_value": meta.get("fill_value"),
+        "codecs": codecs,
+        "attributes": meta.get("attributes", {}),
+        "written_at": record.written_at if record else None,
+        "problem": problem,
+    }
+
+
+def _info(path: Path, identifier: str) -> SceneInfo:
     from scenestore.profiles import tile_of
 
+    bands, bad_records = valid_committed_bands(path)
+    attrs, group_problem = read_group_attrs(path / "zarr.json")
+    # A group problem matters once something is committed; before that it is a killed
+    # writer's leftover, which the next ingest replaces.
+    damaged = (
+        [f"group zarr.json {group_problem}"] if group_problem and (bands or bad_records) else []
+    )
+    damaged += [f"{band}: commit record damaged" for band in sorted(bad_records)]
+    damaged += [
+        f"{b}: array zarr.json missing"
+        for b in sorted(bands)
+        if not (path / b / "zarr.json").is_file()
+    ]
     return SceneInfo(
         identifier=identifier,
-        bands=tuple(sorted(committed_bands(path))),
+        bands=tuple(sorted(bands)),
+        damaged=tuple(damaged),
         size_bytes=_du(path),
         datetime=attrs.get("datetime"),
         tile=tile_of({"id": attrs.get("stac_id", identifier), "properties": attrs}),
         cloud_cover=attrs.get("eo:cloud_cover"),
         attrs=attrs,
     )
+
+
+def read_group_attrs(meta: Path) -> tuple[dict[str, Any], str | None]:
+    """A scene group's attributes from its ``zarr.json``, and what is wrong with it, if anything.
+
+    Returns:
+        The attributes ({} when unreadable) and None, "missing" or "unreadable".
+    """
+    try:
+        doc = json.loads(meta.read_bytes())
+    except FileNotFoundError:
+        return {}, "missing"
+    except (OSError, ValueError):
+        return {}, "unreadable"
+    return group_attrs(doc)
+
+
+def group_attrs(doc: Any) -> tuple[dict[str, Any], str | None]:
+    """The attributes of a parsed group ``zarr.json`` and "unreadable" if it is no zarr v3 group."""
+    if not isinstance(doc, dict) or doc.get("node_type") != "group":
+        return {}, "unreadable"
+    attrs = doc.get("attributes", {})
+    return (attrs, None) if isinstance(attrs, dict) else ({}, "unreadable")
 
 
 def _du(path: Path) -> int:

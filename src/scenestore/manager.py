@@ -33,8 +33,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import xarray as xr
 from filelock import FileLock
 
-from scenestore.commit import CommitRecord, committed_bands, drop_commit, write_commit
-from scenestore.errors import InvalidRequestError, ScenestoreError, StoreError, StoreRequiredError
+from scenestore.commit import CommitRecord, drop_commit, valid_committed_bands, write_commit
+from scenestore.errors import (
+    InvalidRequestError,
+    ScenestoreError,
+    StoreError,
+    StoreRequiredError,
+    store_io_error,
+)
+from scenestore.fsafety import checked_scene, inside_store, remove_tree_inside
 from scenestore.layout import LOCKS_DIR, lock_path, scene_path
 from scenestore.objstore.location import is_object_url
 from scenestore.storage import (
@@ -144,14 +151,17 @@ class StoreManager(ABC, Generic[SceneItem]):
     def missing_bands(self, identifier: str) -> list[str]:
         """Return the bands of ``self.bands`` the stored scene lacks (all without a store).
 
-        Reads one directory listing of commit records; never opens the dataset.
+        Reads the commit records (one directory listing and a few hundred bytes per band);
+        never opens the dataset. A garbage record counts as missing, so the band is fetched
+        again. On an object store it is one LIST of the records (a record there is one PUT,
+        whole or absent; ``verify`` finds one damaged from outside).
         """
         if self.store is None:
             return list(self.bands)
         if self.objects is not None:
             present = self.objects.committed_bands(identifier)
         else:
-            present = committed_bands(scene_path(self.store, identifier))
+            present, _damaged = valid_committed_bands(checked_scene(self.store, identifier))
         return [b for b in self.bands if b not in present]
 
     def complete(self, identifier: str) -> bool:
@@ -216,13 +226,27 @@ class StoreManager(ABC, Generic[SceneItem]):
         return self._open(identifier)
 
     def open(
-        self, item: str | SceneItem, *, eager: bool = False, harmonize: bool = False
+        self,
+        item: str | SceneItem,
+        *,
+        eager: bool = False,
+        harmonize: bool = False,
+        verify: bool = False,
     ) -> xr.Dataset:
         """Open a complete scene from the store only; never touches the network.
+
+        Every chunk read is checked against its crc32c checksum (bands written before
+        checksums: against its Blosc header's length); a damaged chunk raises
+        :class:`~scenestore.errors.DamagedSceneError` naming the scene, band and chunk, when
+        it is computed (at once with ``eager``).
 
         Args:
             item: The scene, as an id string or an item.
             eager: Load all bands into memory (stored dtypes are kept) instead of lazily.
+            verify: Before opening, check each band's metadata and chunk files (count and
+                bytes) against its commit record, so a deleted chunk is found instead of
+                read as fill. Lists the chunk files and reads none (about a millisecond
+                for a full tile's 13 bands); ``scenestore verify`` re-hashes every byte.
             harmonize: Turn reflectance bands into float32 reflectance with each band's stored
                 ``scale``/``offset`` (nodata becomes NaN); SCL is kept as stored. See
                 :mod:`scenestore.reflectance`.
@@ -232,9 +256,10 @@ class StoreManager(ABC, Generic[SceneItem]):
             SceneNotFoundError: If the scene is not stored.
             IncompleteSceneError: If a band of ``self.bands`` is missing.
             InvalidRequestError: If ``harmonize`` and a reflectance band lacks scale/offset.
+            DamagedSceneError: If the scene's metadata, a commit record or a chunk is damaged.
         """
         self._require_store("open")
-        ds = self._open(self.identifier(item), eager=eager and not harmonize)
+        ds = self._open(self.identifier(item), eager=eager and not harmonize, verify=verify)
         if not harmonize:
             return ds
         from scenestore.reflectance import harmonize as to_reflectance
@@ -277,13 +302,19 @@ class StoreManager(ABC, Generic[SceneItem]):
             return self.objects.stored_bytes(identifier, bands)
         from scenestore.storage import array_bytes
 
-        return sum(array_bytes(scene_path(self.store, identifier), b) for b in bands)
+        scene = checked_scene(self.store, identifier, entries=bands)
+        return sum(array_bytes(scene, b) for b in bands)
 
-    def _open(self, identifier: str, *, eager: bool = False) -> xr.Dataset:
+    def _open(self, identifier: str, *, eager: bool = False, verify: bool = False) -> xr.Dataset:
         store = self._require_store("open")
         if self.objects is not None:
-            return self.objects.open(identifier, list(self.bands), eager=eager)
-        return open_scene(scene_path(store, identifier), list(self.bands), eager=eager)
+            return self.objects.open(identifier, list(self.bands), eager=eager, verify=verify)
+        return open_scene(
+            checked_scene(store, identifier, entries=self.bands),
+            list(self.bands),
+            eager=eager,
+            verify=verify,
+        )
 
     def _save(self, dataset: xr.Dataset, identifier: str) -> int:
         """Write and commit the bands of ``dataset``; the caller holds the scene lock."""
@@ -297,26 +328,49 @@ class StoreManager(ABC, Generic[SceneItem]):
         dataset = align_chunks(dataset, encodings)
         if self.objects is not None:
             return self.objects.save(self, dataset, identifier, encodings)
-        scene = scene_path(store, identifier)
+        # A linked scene, _commits or band is refused: a write never goes through a link.
+        scene = checked_scene(store, identifier, entries=bands)
         self._ensure_store_dir(store)
-        present = committed_bands(scene)
+        present, _damaged = valid_committed_bands(scene)
         if present:
             check_grid(scene, dataset, identifier=identifier)
-        else:
-            # New scene, or leftovers of a writer killed before its first commit.
-            create_scene(scene, dataset)
-        clear_staging(scene)
-        prepare_staging(scene)
         try:
-            written = self.write_each_band(
-                bands,
-                lambda band: self._write_band(scene, dataset, band, encodings[band]),
-                identifier=identifier,
-            )
-        finally:
+            if not present:
+                # New scene, or leftovers of a writer killed before its first commit.
+                create_scene(scene, dataset)
             clear_staging(scene)
+            prepare_staging(scene)
+            try:
+                written = self.write_each_band(
+                    bands,
+                    lambda band: self._write_band(scene, dataset, band, encodings[band]),
+                    identifier=identifier,
+                )
+            finally:
+                clear_staging(scene)
+        except Exception as err:
+            if not present:
+                self._drop_empty_scene(store, scene)
+            # Disk full or read-only is this machine's failure: not the source's, not retried.
+            local = store_io_error(err, scene)
+            if local is not None and local is not err:
+                raise local from err
+            raise
         logger.info("Stored %s bands %s (%d bytes)", identifier, bands, written)
         return written
+
+    @staticmethod
+    def _drop_empty_scene(store: Path, scene: Path) -> None:
+        """Remove a scene group this failed run created and no band was committed to.
+
+        Without this a failed download leaves an empty group that ``ls`` lists. The caller
+        holds the scene lock, so no other writer can be committing to it.
+        """
+        try:
+            if scene.is_dir() and not valid_committed_bands(scene)[0]:
+                remove_tree_inside(store, scene)
+        except OSError as err:  # the run's own error matters more than the leftover
+            logger.warning("Could not remove the empty scene group %s: %s", scene, err)
 
     def write_each_band(
         self, bands: list[str], write: Callable[[str], int], *, identifier: str
@@ -352,6 +406,10 @@ class StoreManager(ABC, Generic[SceneItem]):
             err = errors[0]
             if isinstance(err, ScenestoreError):
                 raise err
+            # Disk full or read-only is this machine's failure: not the source's, not retried.
+            local = store_io_error(err, self.store)
+            if local is not None:
+                raise local from err
             raise self.translate_error(err, identifier) from err
         return written
 
@@ -389,7 +447,7 @@ class StoreManager(ABC, Generic[SceneItem]):
         if self.objects is not None:
             return self.objects.check_writable()
         self._ensure_store_dir(store)
-        probe = store / LOCKS_DIR
+        probe = inside_store(store, store / LOCKS_DIR)
         try:
             probe.mkdir(exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=probe, prefix=".probe-"):
@@ -427,7 +485,8 @@ class StoreManager(ABC, Generic[SceneItem]):
         if self.objects is not None:
             return self.objects.lock(identifier, timeout_s=LOCK_TIMEOUT_S)
         self._ensure_store_dir(store)
-        path = lock_path(store, identifier)
+        # filelock opens the lock with O_TRUNC: a linked .locks or lock file is refused.
+        path = inside_store(store, lock_path(store, identifier))
         try:
             path.parent.mkdir(exist_ok=True)
         except OSError as err:

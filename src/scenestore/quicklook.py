@@ -17,7 +17,6 @@ object-store twin in :mod:`scenestore.objstore.quicklook`) and the file writing
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from collections.abc import Callable, Collection, Sequence
@@ -29,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from scenestore.commit import committed_bands
-from scenestore.errors import IncompleteSceneError, InvalidRequestError
+from scenestore.errors import IncompleteSceneError, InvalidRequestError, UnsafePathError
+from scenestore.fsafety import inside_store
 from scenestore.ids import validate_identifier
 from scenestore.inventory import scene_info
 from scenestore.layout import QUICKLOOKS_DIR, scene_path
@@ -148,7 +148,7 @@ def render_quicklook(
     scene = scene_path(store, identifier)
     return render_bands(
         identifier,
-        lambda band: zarr.open_array(scene / band, mode="r"),
+        lambda band: zarr.open_array(inside_store(store, scene / band), mode="r"),
         committed_bands(scene),
         max_size=max_size,
     )
@@ -261,25 +261,31 @@ def write_quicklook(
     return look
 
 
-def write_png(out: Path, data: bytes) -> Path:
-    """Write PNG bytes to a local file atomically (temp file, rename); return ``out``.
+def write_png(out: Path, data: bytes, *, store: Path | None = None) -> Path:
+    """Write PNG bytes to a local file atomically (mkstemp temp file, rename); return ``out``.
+
+    Args:
+        out: The PNG file.
+        data: The PNG bytes.
+        store: The store ``out`` lies in (``<store>/.quicklooks/<id>.png``), so that no link
+            between the store and ``out`` is followed; None for a path the user gave, where
+            only ``out`` itself must not be a link.
 
     Raises:
+        UnsafePathError: If ``out`` (or, inside ``store``, a directory above it) is a symlink.
         InvalidRequestError: If ``out`` cannot be written.
     """
-    tmp = out.with_name(f".{out.name}.tmp")
+    from scenestore.fsafety import atomic_write_inside
+
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        tmp.replace(out)
+        return atomic_write_inside(out.parent if store is None else store, out, data)
+    except UnsafePathError:
+        raise
     except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise InvalidRequestError(
             f"Cannot write the quicklook {str(out)!r}: {err.strerror}; expected a PNG path in "
             "a writable directory."
         ) from err
-    return out
 
 
 __all__ = [

@@ -13,6 +13,11 @@ A remover killed between steps leaves either a scene without committed bands (wh
 ingest replaces, as it does a killed writer's leftovers) or a directory in ``.trash`` (which the
 next removal deletes). A scene whose lock is held is not touched: it is reported busy.
 
+Nothing is ever followed out of the store (:mod:`scenestore.fsafety`): a scene directory,
+``_commits``, ``.trash``, ``.locks`` or ``.quicklooks`` that is a symlink makes the removal
+refuse with :class:`~scenestore.errors.UnsafePathError` before anything is changed, and only
+real directories inside the store are deleted.
+
 What to remove is picked by pure selectors over the inventory (:func:`select_before`,
 :func:`select_not_in`); :func:`read_keep_list` reads the ``--not-in`` file. The selectors serve
 object stores too; their removal is :mod:`scenestore.objstore.removal` (one entry point for
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -33,10 +37,17 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from scenestore.commit import committed_bands, drop_commit
-from scenestore.errors import InvalidRequestError, SceneBusyError, SceneNotFoundError, StoreError
+from scenestore.errors import (
+    InvalidRequestError,
+    SceneBusyError,
+    SceneNotFoundError,
+    StoreError,
+    UnsafePathError,
+)
+from scenestore.fsafety import inside_store, mkdir_inside, remove_tree_inside, unlink_inside
 from scenestore.ids import validate_identifier
 from scenestore.inventory import SceneInfo, check_store, scene_info
-from scenestore.layout import lock_path, scene_path
+from scenestore.layout import COMMITS_DIR, lock_path, scene_path
 from scenestore.quicklook import quicklook_path
 
 #: Where scenes being deleted are moved first (hidden: never listed as a scene).
@@ -75,7 +86,9 @@ def remove_scene(store: Path, identifier: str, *, wait_seconds: float = 0.0) -> 
         StoreError: If the store is not writable.
     """
     size = scene_info(store, identifier).size_bytes
-    lock = FileLock(lock_path(store, identifier), timeout=max(wait_seconds, 0.0))
+    # filelock opens the lock file with O_TRUNC: a linked .locks or lock file is refused first.
+    lock_file = inside_store(store, lock_path(store, identifier))
+    lock = FileLock(lock_file, timeout=max(wait_seconds, 0.0))
     try:
         lock.acquire()
     except Timeout:
@@ -90,21 +103,26 @@ def remove_scene(store: Path, identifier: str, *, wait_seconds: float = 0.0) -> 
         scene = scene_path(store, identifier)
         if not scene.is_dir():  # removed by another remover while we waited
             return 0
+        # Re-checked under the lock, before anything changes: a link planted since scene_info
+        # (the scene, _commits, .trash, .quicklooks) must not be followed.
+        inside_store(store, scene / COMMITS_DIR)
+        inside_store(store, quicklook_path(store, identifier).parent)
+        trash = mkdir_inside(store, store / TRASH_DIR)
         # 1. withdraw every commit: from here on no reader counts the scene as present.
         for band in sorted(committed_bands(scene)):
             drop_commit(scene, band)
         # 2. one atomic rename takes the scene out of every listing.
-        trash = store / TRASH_DIR
-        trash.mkdir(exist_ok=True)
         target = trash / f"{scene.name}.{uuid.uuid4().hex[:8]}"
         os.replace(scene, target)
+    except UnsafePathError:
+        raise
     except OSError as err:
         raise _not_writable(store, err) from err
     finally:
         lock.release()
     # 3. nothing can find it any more: delete it (and its quicklook) outside the lock.
-    _delete(target)
-    quicklook_path(store, identifier).unlink(missing_ok=True)
+    _delete(store, target)
+    unlink_inside(store, quicklook_path(store, identifier))
     return size
 
 
@@ -153,10 +171,13 @@ def remove_each(infos: Sequence[SceneInfo], remove: Callable[[str], int]) -> lis
 
 def empty_trash(store: Path) -> None:
     """Delete what a remover killed mid-way left in ``<store>/.trash``."""
-    trash = store / TRASH_DIR
+    trash = inside_store(store, store / TRASH_DIR)
     if trash.is_dir():
         for entry in trash.iterdir():
-            _delete(entry)
+            if entry.is_symlink():  # left by an older remover: drop the link, never its target
+                entry.unlink(missing_ok=True)
+            else:
+                _delete(store, entry)
 
 
 def select_before(infos: Iterable[SceneInfo], before: date) -> list[SceneInfo]:
@@ -248,11 +269,11 @@ def _not_writable(store: Path, err: OSError) -> StoreError:
     )
 
 
-def _delete(path: Path) -> None:
+def _delete(store: Path, path: Path) -> None:
     try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
+        remove_tree_inside(store, path)
+    except UnsafePathError:
+        raise
     except OSError as err:
         raise StoreError(
             f"Cannot delete {str(path)!r}: {err.strerror}; expected a store this user can write."

@@ -15,10 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pystac
-from shapely.geometry import box, mapping, shape
+from shapely.geometry import mapping, shape
 
-from scenestore.aoi import BBox, BBoxLike, check_date_range, parse_bbox, parse_date, parse_geojson
+from scenestore.aoi import (
+    BBox,
+    BBoxLike,
+    bbox_geometry,
+    check_date_range,
+    parse_bbox,
+    parse_date,
+    parse_geojson,
+)
 from scenestore.errors import InvalidRequestError, SourceError, TransientSourceError
+from scenestore.network import READ_TIMEOUT_ENV, timeouts
 from scenestore.profiles import (
     Profile,
     generation_time,
@@ -91,7 +100,8 @@ def build_query(
         raise InvalidRequestError(
             "Give exactly one area of interest; expected either a bbox (W,S,E,N) or a GeoJSON AOI."
         )
-    geometry = box(*parse_bbox(bbox)) if bbox is not None else parse_geojson(aoi)  # type: ignore[arg-type]
+    # A bbox crossing the antimeridian becomes two boxes: servers differ on W > E bboxes.
+    geometry = bbox_geometry(parse_bbox(bbox)) if bbox is not None else parse_geojson(aoi)  # type: ignore[arg-type]
     start_d, end_d = parse_date(start, name="start date"), parse_date(end, name="end date")
     check_date_range(start_d, end_d)
     if max_cloud is not None:
@@ -138,13 +148,12 @@ def search_scenes(
         SourceError: If the API cannot be reached or answers with an error
             (:class:`TransientSourceError` for 5xx, 429 and connection failures).
     """
-    from pystac_client import Client
     from pystac_client.exceptions import APIError
 
     prof = get_profile(profile)
     url = stac_url or prof.stac_url
     try:
-        client = Client.open(url)
+        client = open_client(url)
         search = client.search(
             collections=[prof.collection],
             intersects=query.geometry,
@@ -157,7 +166,27 @@ def search_scenes(
         raise api_error(err, url, "a search result") from err
     except OSError as err:  # requests' ConnectionError and timeouts are OSErrors
         raise unreachable(err, url) from err
+    except ValueError as err:  # JSONDecodeError: an HTML page, a proxy's error, garbage
+        raise malformed(err, url, "a STAC search result (JSON)") from err
     return select_items(items, query)
+
+
+def open_client(url: str) -> Any:
+    """Open a pystac-client ``Client`` whose every request times out (:mod:`scenestore.network`)."""
+    from pystac_client import Client
+
+    return Client.open(url, timeout=timeouts().as_requests())
+
+
+def malformed(err: Exception, url: str, expected: str) -> TransientSourceError:
+    """The error for a STAC API answer that is not the JSON expected (HTML, cut off, garbage).
+
+    Transient: a proxy's error page or a cut-off body usually goes away on a retry.
+    """
+    return TransientSourceError(
+        f"STAC API {redact(url)!r} sent a malformed answer ({type(err).__name__}: "
+        f"{redact(str(err))[:120]}); expected {expected}."
+    )
 
 
 def api_error(err: Exception, url: str, expected: str) -> SourceError:
@@ -178,7 +207,23 @@ def api_error(err: Exception, url: str, expected: str) -> SourceError:
 
 
 def unreachable(err: BaseException, url: str) -> TransientSourceError:
-    """The error for a STAC API that could not be reached (refused, timed out, DNS...)."""
+    """The error for a STAC API that could not be reached (refused, timed out, DNS...).
+
+    pystac-client flattens requests' errors into text, so what happened is read from it.
+    """
+    text = str(err)
+    if "timed out" in text.lower() or "timeout" in type(err).__name__.lower():
+        limits = timeouts()
+        return TransientSourceError(
+            f"STAC API {redact(url)!r} did not answer within the timeout (connect "
+            f"{limits.connect_s:g} s, read {limits.read_s:g} s); expected an answer (retry "
+            f"later, or raise --timeout / {READ_TIMEOUT_ENV})."
+        )
+    if any(s in text for s in ("IncompleteRead", "Connection broken", "ChunkedEncoding")):
+        return TransientSourceError(
+            f"STAC API {redact(url)!r} cut its answer off (truncated: {redact(text)[:120]}); "
+            "expected a whole JSON answer (retry later)."
+        )
     return TransientSourceError(
         f"Cannot reach the STAC API at {redact(url)!r} ({type(err).__name__}); expected a "
         "reachable STAC API root URL (check --stac-url)."

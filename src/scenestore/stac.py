@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pystac
+import shapely.geometry
 import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
@@ -22,6 +23,7 @@ from scenestore.errors import (
     ItemError,
     SceneNotFoundError,
     SourceError,
+    SourceMismatchError,
     TransientSourceError,
 )
 from scenestore.gdal import clear_http_cache, configure_gdal
@@ -33,8 +35,8 @@ from scenestore.manager import IngestResult, StoreManager
 from scenestore.profiles import Profile, get_profile, require_utm
 from scenestore.redact import install_log_redaction, redact, strip_query
 from scenestore.reflectance import reflectance_of
-from scenestore.search import api_error, unreachable
-from scenestore.storage import json_safe
+from scenestore.search import api_error, malformed, open_client, unreachable
+from scenestore.storage import FOOTPRINT_COVERAGE, json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -174,13 +176,12 @@ class StacStoreManager(StoreManager[pystac.Item]):
         """
         if isinstance(item, pystac.Item):
             return item
-        from pystac_client import Client
         from pystac_client.exceptions import APIError
 
         item_id = self.item_id(item)
         try:
             found = list(
-                Client.open(self.stac_url)
+                open_client(self.stac_url)
                 .search(collections=[self.profile.collection], ids=[item_id], max_items=1)
                 .items()
             )
@@ -188,6 +189,8 @@ class StacStoreManager(StoreManager[pystac.Item]):
             raise api_error(err, self.stac_url, f"the document of item {item_id!r}") from err
         except OSError as err:
             raise unreachable(err, self.stac_url) from err
+        except ValueError as err:  # JSONDecodeError: HTML or garbage
+            raise malformed(err, self.stac_url, f"the document of item {item_id!r}") from err
         if not found:
             raise SceneNotFoundError(
                 f"Item {item_id!r} is not in collection {self.profile.collection!r} at "
@@ -242,6 +245,10 @@ class StacStoreManager(StoreManager[pystac.Item]):
         # Asked to download means asked to read the source: not GDAL's in-process cache.
         clear_http_cache(list(readable.values()))
         forget_s3_reads(readable.values())
+        # Before any pixel is read: odc-stac trusts the item's grid and would warp a COG of
+        # another size or CRS onto it, committing nodata. The header read here is what
+        # GDAL's /vsicurl/ cache then serves to odc-stac's own open of the same file.
+        self.check_sources(stac_item, keys, readable, geobox.crs.epsg)
         import odc.stac
 
         def load(group: dict[str, str], grid: GeoBox, edge: int) -> xr.Dataset:
@@ -280,6 +287,7 @@ class StacStoreManager(StoreManager[pystac.Item]):
                 native = load(group, coarsen(geobox, factor), chunk)
                 part = upsample(native, factor, geobox, rows=chunk // factor)
             arrays.update({band: part[band] for band in group})
+        coverage = footprint_coverage(stac_item, geobox)
         variables = {}
         for band, key in keys.items():
             asset = stac_item.assets[key]
@@ -296,6 +304,9 @@ class StacStoreManager(StoreManager[pystac.Item]):
                 "native_resolution": BAND_SPECS[band].resolution,
                 **to_reflectance,
             }
+            if coverage is not None:
+                # storage refuses a band with no data where this says there is some
+                attrs[FOOTPRINT_COVERAGE] = round(coverage, 4)
             variables[band] = (arrays[band].dims, arrays[band].data, json_safe(attrs))
         # Every part lies on the one 10 m geobox: its coordinates are built once, and the
         # variables are put on them directly (an xarray merge would align the parts again).
@@ -310,6 +321,61 @@ class StacStoreManager(StoreManager[pystac.Item]):
             coords=xr_coords(geobox, crs_coord_name="spatial_ref"),
             attrs=json_safe(attrs),
         )
+
+    def check_sources(
+        self,
+        item: pystac.Item,
+        keys: dict[str, str],
+        readable: dict[str, str],
+        epsg: int | None,
+    ) -> None:
+        """Compare each asset's COG header with what the item says it holds (one open each).
+
+        Only the header is read (a few small Range requests, kept in GDAL's cache for the
+        load that follows). A COG that cannot be opened fails the scene here with the error
+        the load would have raised (:meth:`translate_error`).
+
+        Raises:
+            SourceMismatchError: If a COG's size, CRS, transform or data type differs from the
+                item's ``proj:``/``raster:bands`` fields; the message names the asset href
+                (without its query), the item and both values.
+        """
+        import rasterio
+        from rasterio.errors import RasterioError
+
+        from scenestore.gdal import COG_OPTIONS
+        from scenestore.network import timeouts
+        from scenestore.sourcecheck import GridHeader, expected_header, header_mismatch
+
+        limits = timeouts()
+        env = {
+            **COG_OPTIONS,
+            "GDAL_HTTP_CONNECTTIMEOUT": f"{limits.connect_s:g}",
+            "GDAL_HTTP_TIMEOUT": f"{limits.read_s:g}",
+        }
+        for band, key in keys.items():
+            asset = item.assets[key]
+            href = readable.get(asset.href, asset.href)
+            expected = expected_header(asset.to_dict(), epsg, BAND_SPECS[band].dtype)
+            try:
+                with rasterio.Env(**env), rasterio.open(href) as src:
+                    actual = GridHeader(
+                        shape=(src.height, src.width),
+                        transform=tuple(src.transform)[:6],
+                        epsg=src.crs.to_epsg() if src.crs else None,
+                        dtype=str(src.dtypes[0]),
+                    )
+            except (RasterioError, OSError) as err:
+                # The same failure the load would meet (GDAL already retried): fail the scene
+                # now, as the load would, rather than meet it again band after band.
+                raise self.translate_error(err, self.identifier(item)) from err
+            problem = header_mismatch(expected, actual)
+            if problem is not None:
+                raise SourceMismatchError(
+                    f"Asset {redact(strip_query(asset.href))!r} of item {item.id!r} (band "
+                    f"{band}) disagrees with its item: {problem}; nothing was committed "
+                    "(report it to the data provider, or skip the scene)."
+                )
 
     def readable_hrefs(self, hrefs: list[str]) -> dict[str, str]:
         """Return the href GDAL reads for each asset href, as the profile makes them readable.
@@ -353,6 +419,28 @@ class StacStoreManager(StoreManager[pystac.Item]):
 _S3_DENIED = re.compile(
     r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Access Key Id you provided"
 )
+
+
+def footprint_coverage(item: pystac.Item, geobox: GeoBox) -> float | None:
+    """The fraction (0-1) of the scene grid the item's footprint geometry covers.
+
+    Returns:
+        None if the item has no geometry or it cannot be projected (nothing is then refused).
+    """
+    if not item.geometry:
+        return None
+    try:
+        from odc.geo.geom import Geometry
+
+        from scenestore.aoi import split_antimeridian
+
+        lonlat = split_antimeridian(shapely.geometry.shape(item.geometry))
+        footprint = Geometry(lonlat, "EPSG:4326").to_crs(geobox.crs)
+        extent = geobox.extent
+        return float(footprint.intersection(extent).area / extent.area)
+    except Exception as err:  # a footprint that cannot be projected: skip the rule, say so
+        logger.debug("footprint of %s not projected: %s", item.id, err)
+        return None
 
 
 def _http_status(text: str) -> int | None:

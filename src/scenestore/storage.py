@@ -22,9 +22,18 @@ from zarr.core.buffer import BufferPrototype
 from zarr.core.buffer.cpu import Buffer as CpuBuffer
 from zarr.core.buffer.cpu import NDBuffer
 
-from scenestore.commit import committed_bands, ensure_commits_group
-from scenestore.errors import CoordinateMismatchError, IncompleteSceneError, SceneNotFoundError
+from scenestore.commit import ensure_commits_group
+from scenestore.errors import (
+    CoordinateMismatchError,
+    DamagedSceneError,
+    IncompleteSceneError,
+    SceneNotFoundError,
+    SourceMismatchError,
+    UnsafePathError,
+)
+from scenestore.fsafety import inside_store, remove_tree_inside
 from scenestore.layout import STAGING_DIR, choose_chunk, covers_whole_chunks, identifier_of
+from scenestore.redact import redact, strip_query
 
 #: Coordinates that describe the grid rather than a band.
 GRID_VARS = ("x", "y", "spatial_ref")
@@ -94,9 +103,15 @@ def check_grid(scene: Path, ds: xr.Dataset, *, identifier: str) -> None:
     Raises:
         CoordinateMismatchError: If shape, coordinates (beyond 1/1000 of a pixel) or CRS differ.
     """
-    check_group_grid(
-        zarr.open_group(scene, mode="r"), ds, identifier=identifier, where=str(scene.parent)
-    )
+    try:
+        group = zarr.open_group(scene, mode="r")
+    except (OSError, ValueError, KeyError) as err:  # zarr.json deleted or garbage
+        raise DamagedSceneError(
+            f"Scene {identifier!r} in {scene.parent} has committed bands but its group "
+            "metadata (zarr.json) is missing or unreadable; run `scenestore verify --repair`, "
+            "then ingest again."
+        ) from err
+    check_group_grid(group, ds, identifier=identifier, where=str(scene.parent))
 
 
 def check_group_grid(group: zarr.Group, ds: xr.Dataset, *, identifier: str, where: str) -> None:
@@ -121,8 +136,16 @@ def check_group_grid(group: zarr.Group, ds: xr.Dataset, *, identifier: str, wher
                 f"in {where} by up to {diff:g} (pixel size {step:g}); expected the stored "
                 "grid. Use load(..., force=True) after deleting the scene to replace it."
             )
-    stored_crs = _crs_of(dict(group["spatial_ref"].attrs)) if "spatial_ref" in group else None
-    new_crs = _crs_of(dict(ds["spatial_ref"].attrs)) if "spatial_ref" in ds.coords else None
+    stored_crs = (
+        _crs_of(dict(group["spatial_ref"].attrs), what=f"Stored scene {identifier!r}")
+        if "spatial_ref" in group
+        else None
+    )
+    new_crs = (
+        _crs_of(dict(ds["spatial_ref"].attrs), what=f"New bands of scene {identifier!r}")
+        if "spatial_ref" in ds.coords
+        else None
+    )
     if stored_crs is not None and new_crs is not None and stored_crs != new_crs:
         raise CoordinateMismatchError(
             f"Scene {identifier!r}: new bands are in {new_crs.to_string()} but the stored scene "
@@ -131,8 +154,12 @@ def check_group_grid(group: zarr.Group, ds: xr.Dataset, *, identifier: str, wher
 
 
 def prepare_staging(scene: Path) -> None:
-    """Create the staging group, once, before bands are staged into it concurrently."""
-    zarr.open_group(scene / STAGING_DIR, mode="a", zarr_format=3)
+    """Create the staging group, once, before bands are staged into it concurrently.
+
+    Raises:
+        UnsafePathError: If the scene or its ``_staging`` is a symlink (never written through).
+    """
+    zarr.open_group(inside_store(scene.parent, scene / STAGING_DIR), mode="a", zarr_format=3)
 
 
 def write_band_array(store: Any, name: str, var: xr.DataArray, enc: dict[str, Any]) -> None:
@@ -152,6 +179,7 @@ def write_band_array(store: Any, name: str, var: xr.DataArray, enc: dict[str, An
 
     attrs = json_safe(dict(var.attrs))
     attrs["grid_mapping"] = "spatial_ref"
+    coverage = attrs.get(FOOTPRINT_COVERAGE)
     array = zarr.create_array(
         store=store,
         name=name,
@@ -159,7 +187,7 @@ def write_band_array(store: Any, name: str, var: xr.DataArray, enc: dict[str, An
         dtype=enc.get("dtype", var.dtype),
         chunks=tuple(enc.get("chunks") or var.shape),
         fill_value=enc.get("fill_value", 0),
-        compressors=enc.get("compressors", "auto"),
+        compressors=_checked_compressors(enc.get("compressors", "auto")),
         attributes=attrs,
         dimension_names=[str(d) for d in var.dims],
         zarr_format=3,
@@ -174,6 +202,38 @@ def write_band_array(store: Any, name: str, var: xr.DataArray, enc: dict[str, An
         )
     else:
         target[...] = np.asarray(var.data, dtype=array.dtype)
+    if (
+        isinstance(coverage, int | float)
+        and coverage >= MIN_COVERAGE_FOR_DATA
+        and not target.has_data
+    ):
+        raise SourceMismatchError(
+            f"Band {name} from {redact(strip_query(str(attrs.get('source', '?'))))!r} is "
+            f"entirely nodata, but the item's footprint covers {coverage:.0%} of the scene "
+            "grid; nothing was committed (the asset does not hold what its item says: report "
+            "it to the data provider, or skip the scene)."
+        )
+
+
+#: Attribute (set by the source, e.g. :mod:`scenestore.stac`) giving the fraction of the grid
+#: the item's footprint covers; a band written without one non-fill pixel where it is at
+#: least :data:`MIN_COVERAGE_FOR_DATA` is refused.
+FOOTPRINT_COVERAGE = "footprint_coverage"
+
+#: A band entirely nodata although the footprint says this much of the grid has data is not
+#: what the source holds (a wrong CRS, an empty COG); a sliver of footprint may truly be empty.
+MIN_COVERAGE_FOR_DATA = 0.1
+
+
+def _checked_compressors(compressors: Any) -> list[Any]:
+    """The band's compressors with crc32c last, checked on every read (:mod:`.integrity`)."""
+    from scenestore.integrity import with_checksum
+
+    if isinstance(compressors, str) and compressors == "auto":
+        from zarr.codecs import ZstdCodec
+
+        compressors = [ZstdCodec()]  # zarr's own default for numeric v3 arrays
+    return with_checksum(compressors)
 
 
 class _IntegerNDBuffer(NDBuffer):
@@ -204,8 +264,13 @@ class _ChunkWriter:
 
     def __init__(self, array: zarr.Array) -> None:
         self.array = array
+        #: Whether any block written held a pixel other than the fill value. Once one has,
+        #: no further block is scanned, so a band with data pays for about one block.
+        self.has_data = False
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        if not self.has_data:
+            self.has_data = bool(np.any(np.asarray(value) != self.array.fill_value))
         self.array.set_basic_selection(key, value, prototype=_WRITE_PROTOTYPE)
 
 
@@ -251,15 +316,19 @@ def block_pool() -> ThreadPoolExecutor:
 
 def promote_staged(scene: Path, band: str) -> None:
     """Move a fully written staged band array to its final name (its commit must be dropped)."""
-    target = scene / band
-    if target.exists():
-        shutil.rmtree(target)
-    staged_array(scene, band).rename(target)
+    staged = staged_array(scene, band)
+    target = inside_store(scene.parent, scene / band)
+    remove_tree_inside(scene.parent, target)
+    staged.rename(target)
 
 
 def clear_staging(scene: Path) -> None:
-    """Remove what a killed or failed writer left in the staging group."""
-    shutil.rmtree(scene / STAGING_DIR, ignore_errors=True)
+    """Remove what a killed or failed writer left in the staging group.
+
+    Raises:
+        UnsafePathError: If ``_staging`` is a symlink: what it points to is never deleted.
+    """
+    _remove_quietly(scene, scene / STAGING_DIR)
 
 
 def array_bytes(scene: Path, band: str) -> int:
@@ -298,46 +367,176 @@ def fingerprint(array_dir: Path) -> Fingerprint:
 
 
 def staged_array(scene: Path, band: str) -> Path:
-    """The staging directory of a band being written."""
-    return scene / STAGING_DIR / band
+    """The staging directory of a band being written (refused if reached through a link)."""
+    return inside_store(scene.parent, scene / STAGING_DIR / band)
 
 
 def remove_arrays(scene: Path, bands: list[str]) -> None:
     """Delete band arrays (their commit records must already be gone)."""
     for band in bands:
-        shutil.rmtree(scene / band, ignore_errors=True)
+        _remove_quietly(scene, scene / band)
 
 
-def open_scene(scene: Path, bands: list[str], *, eager: bool = False) -> xr.Dataset:
+def _remove_quietly(scene: Path, path: Path) -> None:
+    """Delete a directory of ``scene`` (the store is its parent), ignoring all but link errors."""
+    try:
+        remove_tree_inside(scene.parent, path)
+    except UnsafePathError:
+        raise
+    except OSError:  # as rmtree(ignore_errors=True) did: leftovers are cleared on the next run
+        pass
+
+
+def open_scene(
+    scene: Path, bands: list[str], *, eager: bool = False, verify: bool = False
+) -> xr.Dataset:
     """Open committed bands of a stored scene, lazily (dask) unless ``eager``.
+
+    Every chunk is checked as it is read (:class:`scenestore.integrity.CheckedStore`).
+
+    Args:
+        scene: The scene directory.
+        bands: Bands that must be committed.
+        eager: Load them into memory.
+        verify: Before reading, check each band's array metadata and chunk files (count and
+            bytes) against its commit record: catches a deleted chunk, which zarr would read
+            as fill. Costs a directory listing and a stat per chunk file; no chunk is read.
 
     Raises:
         SceneNotFoundError: If the scene is not stored.
         IncompleteSceneError: If a requested band is not committed.
+        DamagedSceneError: If the scene's or a band's metadata, a commit record or (when read,
+            or checked with ``verify``) a chunk is damaged.
     """
+    from zarr.storage import LocalStore
+
+    from scenestore.commit import layout_mismatch, read_commit, valid_committed_bands
+    from scenestore.integrity import CheckedStore, damaged
+
     identifier = identifier_of(scene) or scene.name
-    if not (scene / "zarr.json").exists():
+    present, bad_records = valid_committed_bands(scene)
+    if not (scene / "zarr.json").is_file():
+        if present or bad_records:
+            raise DamagedSceneError(
+                f"Scene {identifier!r} in {scene.parent} has committed bands but no group "
+                "metadata (zarr.json); run `scenestore verify --repair`, then ingest again."
+            )
         raise SceneNotFoundError(
             f"Scene {identifier!r} is not in the store {scene.parent}; expected it to be "
             "downloaded first (download_and_store or `scenestore ingest`)."
         )
-    present = committed_bands(scene)
+    for band in bands:
+        if band in bad_records:
+            raise DamagedSceneError(bad_records[band])
     missing = [b for b in bands if b not in present]
     if missing:
         raise IncompleteSceneError(
             f"Scene {identifier!r} in {scene.parent} lacks bands {missing}; stored: "
             f"{sorted(present)}. Expected a complete scene: download the missing bands first."
         )
-    # chunks={} keeps the stored chunking; no fill masking, so uint16 stays uint16.
-    ds = xr.open_zarr(scene, consolidated=False, chunks={}, mask_and_scale=False)
-    if "spatial_ref" in ds.data_vars:
-        ds = ds.set_coords("spatial_ref")
-    ds = ds[bands]
-    return ds.load() if eager else ds
+    for band in bands:
+        try:
+            meta = json.loads((scene / band / "zarr.json").read_bytes())
+        except (OSError, ValueError) as err:
+            what = "missing" if isinstance(err, FileNotFoundError) else "unreadable"
+            raise damaged(identifier, band, f"array metadata zarr.json is {what}") from err
+        if verify:
+            record = read_commit(scene, band)
+            problem = (
+                None if record is None else layout_mismatch(meta, record)
+            ) or chunk_files_problem(scene / band, record)
+            if problem:
+                raise damaged(identifier, band, problem)
+    store = CheckedStore(LocalStore(scene, read_only=True), identifier)
+    return _open_checked(store, None, bands, identifier=identifier, eager=eager)
 
 
-def _crs_of(attrs: dict[str, Any]):
+def _open_checked(
+    store: Any, group: str | None, bands: list[str], *, identifier: str, eager: bool
+) -> xr.Dataset:
+    """Open bands of a scene group through a checking store; metadata zarr cannot parse, and
+    (eagerly) chunks that fail to decode, become :class:`DamagedSceneError`."""
+    from scenestore.integrity import damaged
+
+    try:
+        # chunks={} keeps the stored chunking; no fill masking, so uint16 stays uint16.
+        ds = xr.open_zarr(
+            store, group=group, consolidated=False, chunks={}, mask_and_scale=False
+        )
+        if "spatial_ref" in ds.data_vars:
+            ds = ds.set_coords("spatial_ref")
+        absent = [b for b in bands if b not in ds]
+        if absent:  # committed, but zarr found no array there
+            raise damaged(identifier, absent[0], "array metadata zarr.json is missing")
+        ds = ds[bands]
+    except DamagedSceneError:
+        raise
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise DamagedSceneError(
+            f"Scene {identifier!r}: zarr cannot open its metadata ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:100] if str(err) else ''}); run `scenestore verify "
+            "--repair`, then ingest again."
+        ) from err
+    if not eager:
+        return ds
+    try:
+        return ds.load()
+    except DamagedSceneError:
+        raise
+    except (ValueError, RuntimeError) as err:  # a codec's failure on bytes the guard let pass
+        raise damaged(identifier, "?", f"a chunk fails to decode ({err})") from err
+
+
+def chunk_files_problem(array_dir: Path, record: Any) -> str | None:
+    """Compare a band's chunk files (count, bytes) with its commit record, reading no chunk.
+
+    Returns:
+        A sentence naming the difference, or None when they agree (or the record is older
+        than chunk counts).
+    """
+    if record is None or record.chunk_count is None:
+        return None
+    chunk_root = array_dir / "c"
+    files = [p for p in chunk_root.rglob("*") if p.is_file()] if chunk_root.is_dir() else []
+    if len(files) != record.chunk_count:
+        return f"{len(files)} chunk files where {record.chunk_count} were committed"
+    nbytes = sum(p.stat().st_size for p in files)
+    if record.nbytes is not None and nbytes != record.nbytes:
+        return f"chunk files hold {nbytes} B where {record.nbytes} B were committed"
+    return None
+
+
+def parse_crs(text: Any, *, what: str) -> Any:
+    """Turn a CRS in any form pyproj accepts (WKT, ``EPSG:32633``, a PROJ string, an EPSG
+    integer) into a ``pyproj.CRS``; compare the results with ``==`` (pyproj equality).
+
+    Args:
+        text: The CRS as given.
+        what: What holds it, for the error message (e.g. "Scene 'x' spatial_ref").
+
+    Raises:
+        InvalidRequestError: If pyproj cannot parse it.
+    """
     from pyproj import CRS
+    from pyproj.exceptions import CRSError
 
-    wkt = attrs.get("crs_wkt") or attrs.get("spatial_ref")
-    return CRS.from_wkt(wkt) if wkt else None
+    from scenestore.errors import InvalidRequestError
+
+    try:
+        return CRS.from_user_input(text)
+    except (CRSError, TypeError, ValueError) as err:
+        shown = str(text) if len(str(text)) <= 80 else f"{str(text)[:77]}..."
+        raise InvalidRequestError(
+            f"{what} has CRS {shown!r}, which pyproj cannot parse; expected WKT, an EPSG code "
+            "such as 'EPSG:32633' or a PROJ string."
+        ) from err
+
+
+def crs_text(attrs: dict[str, Any]) -> Any:
+    """The CRS a ``spatial_ref`` variable's attributes give (``crs_wkt``, then ``spatial_ref``)."""
+    return attrs.get("crs_wkt") or attrs.get("spatial_ref") or None
+
+
+def _crs_of(attrs: dict[str, Any], *, what: str = "spatial_ref") -> Any:
+    text = crs_text(attrs)
+    return parse_crs(text, what=what) if text else None

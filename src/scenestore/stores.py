@@ -180,7 +180,7 @@ def save_quicklook(store: StoreLocation, identifier: str, *, max_size: int) -> t
         from scenestore.objstore.quicklook import put_quicklook
 
         return put_quicklook(_objects(store), identifier, png), png
-    return str(write_png(quicklook_path(Path(store), identifier), png)), png
+    return str(write_png(quicklook_path(Path(store), identifier), png, store=Path(store))), png
 
 
 def write_catalog(store: StoreLocation, out: Path, *, title: str | None = None) -> Any:

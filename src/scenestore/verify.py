@@ -14,40 +14,92 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from scenestore.commit import committed_bands, drop_commit, layout_mismatch, read_commit
+from scenestore.errors import DamagedSceneError
+from scenestore.fsafety import checked_scene, inside_store
 from scenestore.inventory import SceneInfo, check_store, list_scenes
-from scenestore.layout import lock_path, scene_path
-from scenestore.storage import fingerprint, remove_arrays
+from scenestore.layout import STAGING_DIR, lock_path
+from scenestore.storage import clear_staging, fingerprint, remove_arrays
 
 logger = logging.getLogger(__name__)
 
 
+#: What a :class:`Damage` is about, and so what ``--repair`` does with it.
+BAND, RECORD, GROUP, STAGING = "band", "record", "group", "staging"
+
+
 @dataclass(frozen=True)
 class Damage:
-    """One committed band that does not match its commit record.
+    """One problem of a stored scene, reported as one line.
 
     Attributes:
         identifier: Scene identifier.
-        band: Band name.
+        band: Band name ("-" for the scene group or its staging area).
         problem: What does not match, in words.
+        kind: ``band`` (array metadata or chunks disagree with the record; repair drops the
+            band), ``record`` (the commit record is garbage; repair drops it and the band),
+            ``group`` (the scene's ``zarr.json`` is missing or garbage; repair drops every
+            band, so the next ingest re-creates the scene) or ``staging`` (an interrupted
+            write's ``_staging`` left behind; repair removes it).
     """
 
     identifier: str
     band: str
     problem: str
+    kind: str = BAND
 
 
 def verify_scene(store: Path, identifier: str) -> list[Damage]:
-    """Check every committed band of one scene; return what is damaged (empty: all good)."""
-    scene = scene_path(store, identifier)
+    """Check the scene group and every committed band of one scene (empty: all good)."""
+    from scenestore.inventory import read_group_attrs
+
+    scene = checked_scene(store, identifier, committed=True)  # links refused, never followed
     damage = []
-    for band in sorted(committed_bands(scene)):
-        problem = _check_band(scene, band)
+    bands = sorted(committed_bands(scene))
+    _attrs, group_problem = read_group_attrs(scene / "zarr.json")
+    if group_problem and bands:
+        damage.append(
+            Damage(identifier, "-", f"scene group metadata zarr.json is {group_problem}", GROUP)
+        )
+    for band in bands:
+        try:
+            problem = _check_band(scene, band)
+        except DamagedSceneError as err:
+            damage.append(Damage(identifier, band, record_problem(err), RECORD))
+            continue
         if problem:
             damage.append(Damage(identifier, band, problem))
     return damage
+
+
+def record_problem(err: DamagedSceneError) -> str:
+    cause = err.__cause__
+    detail = str(cause).splitlines()[0][:80] if cause is not None and str(cause) else "malformed"
+    return f"commit record is not a valid record ({detail})"
+
+
+def leftover_staging(store: Path, identifier: str) -> list[Damage]:
+    """A ``_staging`` area no writer holds the lock of: an interrupted write's leftovers."""
+    scene = checked_scene(store, identifier, entries=[STAGING_DIR])
+    if not (scene / STAGING_DIR).exists() or _writer_active(store, identifier):
+        return []
+    return [Damage(identifier, "-", "leftover _staging of an interrupted write", STAGING)]
+
+
+def _writer_active(store: Path, identifier: str) -> bool:
+    """Whether a writer holds the scene's lock now (never creates a lock file)."""
+    path = inside_store(store, lock_path(store, identifier))  # FileLock truncates: no links
+    if not path.exists():
+        return False
+    try:
+        with FileLock(path, timeout=0):
+            return False
+    except Timeout:
+        return True
+    except OSError:  # a read-only store: no writer can be running in it either
+        return False
 
 
 def verify_store(store: Path, identifiers: list[str] | None = None) -> tuple[int, list[Damage]]:
@@ -64,7 +116,9 @@ def verify_store(store: Path, identifiers: list[str] | None = None) -> tuple[int
 
     check_store(store)
     infos = [scene_info(store, i) for i in identifiers] if identifiers else list_scenes(store)
-    return verify_each(infos, lambda identifier: verify_scene(store, identifier))
+    return verify_each(
+        infos, lambda ident: verify_scene(store, ident) + leftover_staging(store, ident)
+    )
 
 
 def verify_each(
@@ -86,10 +140,17 @@ def verify_each(
 def repair(store: Path, damage: list[Damage]) -> None:
     """Withdraw the commits of damaged bands and delete their arrays (under the scene lock)."""
     for item in damage:
-        scene = scene_path(store, item.identifier)
-        with FileLock(lock_path(store, item.identifier)):
-            drop_commit(scene, item.band)
-            remove_arrays(scene, [item.band])
+        # Nothing is deleted through a link: the scene, _commits, bands, _staging, .locks.
+        scene = checked_scene(store, item.identifier, entries=[STAGING_DIR], committed=True)
+        with FileLock(inside_store(store, lock_path(store, item.identifier))):
+            if item.kind == STAGING:
+                clear_staging(scene)
+            else:
+                # No group metadata: drop every band, so the next ingest re-creates the scene.
+                bands = sorted(committed_bands(scene)) if item.kind == GROUP else [item.band]
+                for band in bands:
+                    drop_commit(scene, band)
+                remove_arrays(scene, bands)
         logger.warning("Dropped damaged band %s of %s: %s", item.band, item.identifier,
                        item.problem)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from scenestore.commit import layout_mismatch
-from scenestore.errors import SceneNotFoundError
-from scenestore.inventory import SceneInfo
+from scenestore.errors import DamagedSceneError, SceneNotFoundError
+from scenestore.inventory import SceneInfo, array_details, group_attrs
 from scenestore.objstore.location import band_key, identifier_of_key, scene_key, url_of
 from scenestore.objstore.scenes import TREE_SCHEME, ObjectScenes, chunk_digest, tree_checksum
-from scenestore.verify import Damage, verify_each
+from scenestore.verify import GROUP, RECORD, STAGING, Damage, record_problem, verify_each
 
 logger = logging.getLogger(__name__)
 
@@ -71,31 +71,50 @@ def band_details(scenes: ObjectScenes, identifier: str) -> dict[str, dict[str, A
     """Each committed band's stored codec metadata and commit time."""
     details = {}
     for band in sorted(scenes.committed_bands(identifier)):
-        record = scenes.read_commit(identifier, band)
+        try:
+            record = scenes.read_commit(identifier, band)
+        except DamagedSceneError:
+            details[band] = array_details(None, None, problem="commit record damaged")
+            continue
         found = scenes.client.get(f"{band_key(identifier, band)}/zarr.json")
-        meta = json.loads(found[0]) if found else {}
-        details[band] = {
-            "shape": tuple(meta.get("shape", ())),
-            "dtype": meta.get("data_type"),
-            "chunks": tuple(
-                meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", ())
-            ),
-            "fill_value": meta.get("fill_value"),
-            "codecs": [c["name"] for c in meta.get("codecs", [])],
-            "attributes": meta.get("attributes", {}),
-            "written_at": record.written_at if record else None,
-        }
+        try:
+            meta = json.loads(found[0]) if found else None
+        except ValueError:
+            meta = None
+        problem = None if meta is not None else (
+            "array zarr.json missing" if found is None else "array zarr.json unreadable"
+        )
+        details[band] = array_details(meta, record, problem=problem)
     return details
 
 
 def verify_scene(scenes: ObjectScenes, identifier: str) -> list[Damage]:
     """Check every committed band of one scene against its record (empty: all good)."""
     damage = []
-    for band in sorted(scenes.committed_bands(identifier)):
-        problem = _check_band(scenes, identifier, band)
+    bands = sorted(scenes.committed_bands(identifier))
+    found = scenes.client.get(f"{scene_key(identifier)}/zarr.json") if bands else None
+    if bands:
+        group_problem = "missing" if found is None else _group_problem(found[0])
+        if group_problem:
+            damage.append(
+                Damage(identifier, "-", f"scene group metadata zarr.json is {group_problem}", GROUP)
+            )
+    for band in bands:
+        try:
+            problem = _check_band(scenes, identifier, band)
+        except DamagedSceneError as err:
+            damage.append(Damage(identifier, band, record_problem(err), RECORD))
+            continue
         if problem:
             damage.append(Damage(identifier, band, problem))
     return damage
+
+
+def _group_problem(payload: bytes) -> str | None:
+    try:
+        return group_attrs(json.loads(payload))[1]
+    except ValueError:
+        return "unreadable"
 
 
 def verify_store(
@@ -116,8 +135,18 @@ def repair(scenes: ObjectScenes, damage: list[Damage]) -> None:
     """Withdraw damaged bands' commits and delete their arrays, under each scene's lock."""
     for item in damage:
         with scenes.lock(item.identifier):
-            scenes.drop_commit(item.identifier, item.band)
-            scenes.client.delete_prefix(band_key(item.identifier, item.band))
+            if item.kind == STAGING:
+                scenes.client.delete_prefix(f"{scene_key(item.identifier)}/_staging")
+                continue
+            # No group metadata: drop every band, so the next ingest re-creates the scene.
+            bands = (
+                sorted(scenes.committed_bands(item.identifier))
+                if item.kind == GROUP
+                else [item.band]
+            )
+            for band in bands:
+                scenes.drop_commit(item.identifier, band)
+                scenes.client.delete_prefix(band_key(item.identifier, band))
         logger.warning(
             "Dropped damaged band %s of %s: %s", item.band, item.identifier, item.problem
         )
@@ -174,14 +203,16 @@ def _info(scenes: ObjectScenes, identifier: str) -> SceneInfo:
     key = scene_key(identifier)
     found = scenes.client.get(f"{key}/zarr.json")
     try:
-        attrs = json.loads(found[0]).get("attributes", {}) if found else {}
+        attrs, group_problem = group_attrs(json.loads(found[0])) if found else ({}, "missing")
     except ValueError:
-        attrs = {}
+        attrs, group_problem = {}, "unreadable"
     from scenestore.profiles import tile_of
 
+    bands = tuple(sorted(scenes.committed_bands(identifier)))
     return SceneInfo(
         identifier=identifier,
-        bands=tuple(sorted(scenes.committed_bands(identifier))),
+        bands=bands,
+        damaged=(f"group zarr.json {group_problem}",) if group_problem and bands else (),
         size_bytes=sum(size for _, size in scenes.client.list(key)),
         datetime=attrs.get("datetime"),
         tile=tile_of({"id": attrs.get("stac_id", identifier), "properties": attrs}),

@@ -36,12 +36,13 @@ import xarray as xr
 import zarr
 from zarr.storage import WrapperStore
 
-from scenestore.commit import CommitRecord
+from scenestore.commit import CommitRecord, parse_record
 from scenestore.errors import (
     IncompleteSceneError,
     SceneNotFoundError,
     StoreError,
 )
+from scenestore.integrity import CheckedStore
 from scenestore.objstore.client import ObjectClient
 from scenestore.objstore.lease import LeaseLock
 from scenestore.objstore.location import (
@@ -53,9 +54,11 @@ from scenestore.objstore.location import (
     parse_store_url,
     scene_key,
     staging_key,
+    url_of,
 )
 from scenestore.storage import (
     GRID_VARS,
+    _open_checked,
     band_names,
     check_group_grid,
     json_safe,
@@ -160,13 +163,16 @@ class ObjectScenes:
         }
 
     def read_commit(self, identifier: str, band: str) -> CommitRecord | None:
-        """A band's commit record, or None if the band is not committed."""
-        found = self.client.get(commit_key(identifier, band))
+        """A band's commit record, or None if the band is not committed.
+
+        Raises:
+            DamagedSceneError: If the record object is not a commit record.
+        """
+        key = commit_key(identifier, band)
+        found = self.client.get(key)
         if found is None:
             return None
-        data = json.loads(found[0])
-        data["shape"], data["chunks"] = tuple(data["shape"]), tuple(data["chunks"])
-        return CommitRecord(**data)
+        return parse_record(found[0], band=band, where=url_of(self.url, key))
 
     def write_commit(self, identifier: str, record: CommitRecord) -> None:
         """Commit a band (put-if-absent, after all its chunks are written).
@@ -314,12 +320,19 @@ class ObjectScenes:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def open(self, identifier: str, bands: list[str], *, eager: bool = False) -> xr.Dataset:
+    def open(
+        self, identifier: str, bands: list[str], *, eager: bool = False, verify: bool = False
+    ) -> xr.Dataset:
         """Open committed bands of a stored scene, lazily (dask) unless ``eager``.
+
+        Chunks are checked as they are read (:class:`scenestore.integrity.CheckedStore`);
+        ``verify`` first compares each band's chunk objects (one LIST per band: count and
+        bytes) and metadata with its commit record, as :func:`scenestore.storage.open_scene`.
 
         Raises:
             SceneNotFoundError: If the scene is not stored.
             IncompleteSceneError: If a requested band is not committed.
+            DamagedSceneError: If metadata, a record or a chunk is damaged.
         """
         if not self.exists(identifier):
             raise SceneNotFoundError(
@@ -333,14 +346,38 @@ class ObjectScenes:
                 f"Scene {identifier!r} in {str(self.url)!r} lacks bands {missing}; stored: "
                 f"{sorted(present)}. Expected a complete scene: download the missing bands first."
             )
-        ds = xr.open_zarr(
-            self.zarr_store,
-            group=scene_key(identifier),
-            consolidated=False,
-            chunks={},
-            mask_and_scale=False,
-        )
-        if "spatial_ref" in ds.data_vars:
-            ds = ds.set_coords("spatial_ref")
-        ds = ds[bands]
-        return ds.load() if eager else ds
+        if verify:  # the metadata reads cost a request each: only when asked
+            for band in bands:
+                self._verify_before_open(identifier, band)
+        key = scene_key(identifier)
+        store = CheckedStore(self.zarr_store, identifier, root=key)
+        return _open_checked(store, key, bands, identifier=identifier, eager=eager)
+
+    def _verify_before_open(self, identifier: str, band: str) -> None:
+        """A band's record and zarr.json must parse and agree, as must its chunk objects."""
+        from scenestore.commit import layout_mismatch
+        from scenestore.integrity import damaged
+
+        root = band_key(identifier, band)
+        found = self.client.get(f"{root}/zarr.json")
+        try:
+            meta = json.loads(found[0]) if found is not None else None
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict):
+            what = "missing" if found is None else "unreadable"
+            raise damaged(identifier, band, f"array metadata zarr.json is {what}")
+        record = self.read_commit(identifier, band)
+        if record is None:
+            return
+        problem = layout_mismatch(meta, record)
+        if problem is None and record.chunk_count is not None:
+            sizes = [size for _key, size in self.client.list(f"{root}/c/")]
+            if len(sizes) != record.chunk_count:
+                problem = f"{len(sizes)} chunk objects where {record.chunk_count} were committed"
+            elif record.nbytes is not None and sum(sizes) != record.nbytes:
+                problem = (
+                    f"chunk objects hold {sum(sizes)} B where {record.nbytes} B were committed"
+                )
+        if problem:
+            raise damaged(identifier, band, problem)

@@ -1,0 +1,179 @@
+"""Paths inside a local store that are never followed out of it (symlinks refused).
+
+A store is often a shared directory that cron jobs or other users also write to. A symlink
+planted in it (a scene directory, a band, ``_commits``, ``_staging``, ``.trash``, ``.locks``,
+``.quicklooks``) must never make scenestore read, write or delete what it points to. Every
+path the store code touches below the store root goes through :func:`inside_store` first;
+deletions go through :func:`remove_tree_inside` (real directories inside the store only) and
+writes of whole files through :func:`atomic_write_inside` (a ``mkstemp`` temp file beside the
+target, then a rename). The store root itself may be a symlink: that is the user's choice.
+
+Object stores have no symlinks; :mod:`scenestore.objstore` does not use this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from scenestore.errors import UnsafePathError
+from scenestore.layout import commits_path, scene_path
+
+# mkstemp creates 0600 files; what is written gets the mode a plain open() would give.
+# Read once at import (os.umask can only be read by setting it), before any thread runs.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def unsafe_reason(store: Path, path: Path) -> str | None:
+    """Why ``path`` is not safe to follow inside ``store`` (naming the culprit), or None.
+
+    Every existing component from below ``store`` down to ``path`` itself must be a real
+    directory or file (no symlink), and ``path`` must resolve under the resolved store.
+    Components that do not exist yet are fine (they are about to be created).
+    """
+    store = Path(store)
+    path = Path(path)
+    try:
+        relative = path.relative_to(store)
+    except ValueError:
+        return f"Path {str(path)!r} is not inside {str(store)!r}"
+    if ".." in relative.parts:
+        return f"Path {str(path)!r} is not inside {str(store)!r}"
+    current = store
+    for part in relative.parts:
+        current = current / part
+        if current.is_symlink():
+            return f"Path {str(current)!r} is a symlink"
+        if not os.path.lexists(current):
+            break
+    if not path.resolve().is_relative_to(store.resolve()):
+        return f"Path {str(path)!r} resolves outside {str(store)!r}"
+    return None
+
+
+def inside_store(store: Path, path: Path) -> Path:
+    """Return ``path`` after checking it never leaves ``store`` through a symlink.
+
+    Raises:
+        UnsafePathError: If ``path`` or a directory between ``store`` and it is a symlink, or
+            it resolves outside the store; the message names the link.
+    """
+    reason = unsafe_reason(store, path)
+    if reason is not None:
+        raise UnsafePathError(
+            f"{reason}; expected a real directory or file inside {str(store)!r} (scenestore "
+            "never follows a link out of it): remove the link."
+        )
+    return Path(path)
+
+
+def checked_scene(
+    store: Path, identifier: str, *, entries: Iterable[str] = (), committed: bool = False
+) -> Path:
+    """Return ``<store>/<identifier>.zarr`` after checking it, its ``_commits`` and ``entries``.
+
+    None of them may be a symlink or resolve outside the store (a missing one is fine).
+
+    Args:
+        store: The store directory.
+        identifier: The scene.
+        entries: Names inside the scene to check too (bands, ``_staging``).
+        committed: Also check every band that has a commit record.
+
+    Raises:
+        InvalidIdentifierError: If the identifier is not safe as a path name.
+        UnsafePathError: If the scene, its ``_commits`` or one of the entries is a link.
+    """
+    scene = scene_path(store, identifier)
+    inside_store(store, commits_path(scene))
+    names = list(entries)
+    if committed:
+        from scenestore.commit import committed_bands
+
+        names += sorted(committed_bands(scene))
+    for name in names:
+        inside_store(store, scene / name)
+    return scene
+
+
+def mkdir_inside(store: Path, path: Path) -> Path:
+    """Create ``path`` (and its parents) inside ``store``, refusing any symlink on the way."""
+    inside_store(store, path)
+    path.mkdir(parents=True, exist_ok=True)
+    # A link planted between the check and mkdir would be caught here, before anything is written.
+    return inside_store(store, path)
+
+
+def remove_tree_inside(store: Path, path: Path) -> None:
+    """Delete a real directory (or file) inside ``store``; a missing path is no error.
+
+    The top is checked here: ``shutil.rmtree`` refuses a symlinked top on its own but would
+    delete a real directory reached through a symlinked parent. Below the top, rmtree never
+    follows symlinks (it unlinks them).
+
+    Raises:
+        UnsafePathError: If ``path`` or a directory above it inside the store is a symlink.
+    """
+    inside_store(store, path)
+    if path.is_dir():
+        with contextlib.suppress(FileNotFoundError):  # a concurrent remover was faster
+            shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def unlink_inside(store: Path, path: Path) -> None:
+    """Remove one file inside ``store`` (a symlink there: only the link); missing is no error.
+
+    Raises:
+        UnsafePathError: If a directory between ``store`` and ``path`` is a symlink.
+    """
+    inside_store(store, path.parent)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # unlink never follows a final symlink: it removes the link
+
+
+def atomic_write_inside(store: Path, path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` inside ``store`` atomically; return ``path``.
+
+    The temp file comes from ``mkstemp`` in the target's directory (an unpredictable name
+    created with ``O_EXCL``, so a planted file or link is never written through), is fsynced
+    and renamed over ``path``; rename replaces a link at ``path`` rather than writing into
+    what it points to, but a link there is refused all the same.
+
+    Raises:
+        UnsafePathError: If ``path`` or a directory above it inside ``store`` is a symlink.
+        OSError: If the write fails (the temp file is removed).
+    """
+    inside_store(store, path)
+    mkdir_inside(store, path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+__all__ = [
+    "atomic_write_inside",
+    "checked_scene",
+    "inside_store",
+    "mkdir_inside",
+    "remove_tree_inside",
+    "unlink_inside",
+    "unsafe_reason",
+]
