@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import shapely.geometry
 from hypothesis import given
 from hypothesis import strategies as st
 from rasterio.enums import Resampling
@@ -235,6 +236,13 @@ def test_a_naive_polygon_across_the_antimeridian_is_split(w, e):
         }
     )
     assert again.symmetric_difference(split).area < 1e-6
+
+
+@pytest.mark.parametrize("box", [(-180, -80, 180, 80), (-180, -90, 180, 90), (-180, 0, 10, 10)])
+def test_a_polygon_with_an_edge_along_the_antimeridian_is_not_split(box):
+    """A whole-world box goes all the way round; its +180 -> -180 edge is no crossing."""
+    geom = parse_geojson(shapely.geometry.mapping(shapely.geometry.box(*box)))
+    assert geom.symmetric_difference(shapely.geometry.box(*box)).area < 1e-6
 
 
 def test_an_antimeridian_aoi_finds_no_scene_of_the_band_between(world):

@@ -92,7 +92,13 @@ def split_antimeridian(geom: BaseGeometry) -> BaseGeometry:
 
 def _crosses_antimeridian(coords: Sequence[Sequence[float]]) -> bool:
     pts = list(coords)
-    return any(abs(b[0] - a[0]) > 180 for a, b in zip(pts, pts[1:], strict=False))
+    # An edge that ends on +-180 is drawn to the antimeridian, not across it (a whole-world
+    # box, a polygon already split there). Any other edge longer than 180 degrees is read the
+    # short way round: to mean the long way, add a vertex in between.
+    return any(
+        abs(b[0] - a[0]) > 180 and abs(a[0]) != 180 and abs(b[0]) != 180
+        for a, b in zip(pts, pts[1:], strict=False)
+    )
 
 
 def _east(coord: Sequence[float]) -> tuple[float, float]:
