@@ -87,13 +87,21 @@ def align_chunks(ds: xr.Dataset, encodings: dict[str, dict]) -> xr.Dataset:
 def create_scene(scene: Path, ds: xr.Dataset) -> None:
     """Write a new scene group holding only the grid (x, y, spatial_ref) and scene attributes.
 
-    Anything already at ``scene`` is replaced: callers only do this when no band is committed.
+    Anything already in ``scene`` is replaced: callers only do this when no band is committed.
+    The directory itself is kept (only its entries are cleared), so a concurrent ``ls`` or
+    ``prune`` that has just listed the scene never sees it vanish and come back.
     """
-    if scene.exists():
-        shutil.rmtree(scene)
+    if scene.is_dir():
+        for entry in list(scene.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:  # a file, or a link (removed itself, never followed)
+                entry.unlink()
+    else:
+        scene.mkdir()
     grid = xr.Dataset(coords={name: ds.coords[name] for name in GRID_VARS if name in ds.coords})
     grid.attrs = json_safe(dict(ds.attrs))
-    grid.to_zarr(scene, mode="w", consolidated=False, zarr_format=3, compute=True)
+    grid.to_zarr(scene, mode="a", consolidated=False, zarr_format=3, compute=True)
     ensure_commits_group(scene)
 
 

@@ -89,8 +89,12 @@ def faults(world: Any) -> Iterator[Callable[..., Any]]:
         return world.faulted(cog=plan)
 
     configure_gdal()
-    odc.stac.configure_rio(cloud_defaults=True, **{**COG_OPTIONS, "GDAL_HTTP_MAX_RETRY": 0})
+    retries = COG_OPTIONS["GDAL_HTTP_MAX_RETRY"]
+    # The header check before the load opens each COG with COG_OPTIONS, the load with odc's.
+    COG_OPTIONS["GDAL_HTTP_MAX_RETRY"] = 0
+    odc.stac.configure_rio(cloud_defaults=True, **COG_OPTIONS)
     try:
         yield apply
     finally:
+        COG_OPTIONS["GDAL_HTTP_MAX_RETRY"] = retries
         odc.stac.configure_rio(cloud_defaults=True, **COG_OPTIONS)

@@ -175,7 +175,8 @@ def test_a_user_error_fails_fast_without_retries(world, http, ingest_params, sto
     assert victim_id in state.message and "CoordinateMismatchError" in state.message
     attempts = {r.name: (r.run_count, r.state.name) for r in runs_by_name(state)["store"]}
     assert attempts[f"store-{victim.id}"] == (1, "Failed"), "user errors must not be retried"
-    assert victim.id not in requests_by_scene(http), "refused before any pixel was read"
+    # Refused before any pixel was read: only the SCL COG's header (HEAD and one range).
+    assert requests_by_scene(http).get(victim.id, 0) <= 2
     assert manager(store, world).missing_bands(victim_id) == ["SCL"]
     assert sum(manager(store, world).complete(manager(store, world).identifier(i))
                for i in world.items) == 3
@@ -199,8 +200,10 @@ def test_ingest_scene_runs_four_steps_and_retries_the_save(world, http, faults, 
     assert state.result()["fetched"] == ["B04", "SCL"] and state.result()["bytes_written"] > 0
     runs = runs_by_name(state)
     assert sorted(runs) == ["download-scene", "missing-bands", "save-scene", "scene-identifier"]
-    assert runs["download-scene"][0].run_count == 1
-    assert runs["save-scene"][0].run_count == 2, "the save (where bytes move) is retried"
+    # The 503 meets the COG header check (download-scene, before the lazy load) or a pixel
+    # read (save-scene): whichever step met it is retried, once.
+    attempts = runs["download-scene"][0].run_count + runs["save-scene"][0].run_count
+    assert attempts == 3, "the step that met the 503 is retried"
     assert not [p for p in prefect_results.rglob("*") if p.is_file()], "no Dataset persisted"
 
     http.reset_stats()
