@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from scenestore.errors import DamagedSceneError
+from scenestore.fsafety import atomic_write
 from scenestore.layout import COMMITS_DIR, commits_path
 
 RECORD_SUFFIX = ".json"
@@ -79,14 +79,14 @@ def ensure_commits_group(scene: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     meta = path / "zarr.json"
     if not meta.exists():
-        _atomic_write(meta, json.dumps(_GROUP_METADATA).encode())
+        atomic_write(meta, json.dumps(_GROUP_METADATA).encode())
     return path
 
 
 def write_commit(scene: Path, record: CommitRecord) -> None:
     """Commit a band: atomically write its record. Call only after all its chunks are written."""
     path = ensure_commits_group(scene) / f"{record.band}{RECORD_SUFFIX}"
-    _atomic_write(path, json.dumps(asdict(record), indent=1).encode())
+    atomic_write(path, json.dumps(asdict(record), indent=1).encode())
 
 
 def drop_commit(scene: Path, band: str) -> None:
@@ -183,21 +183,6 @@ def valid_committed_bands(scene: Path) -> tuple[set[str], dict[str, str]]:
         else:
             good.add(band)
     return good, damaged
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            # fsync before rename: otherwise a power cut can leave a renamed but empty record.
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 __all__ = [

@@ -153,10 +153,26 @@ def atomic_write_inside(store: Path, path: Path, data: bytes) -> Path:
     """
     inside_store(store, path)
     mkdir_inside(store, path.parent)
+    atomic_write(path, data, mode=0o666 & ~_UMASK)
+    return path
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` through a ``mkstemp`` file beside it, fsynced, then renamed.
+
+    Readers see the old file or the new one, never half of one; fsync before the rename, or
+    a power cut can leave a renamed but empty file. The caller checks the path.
+
+    Args:
+        path: The file to write (its directory must exist).
+        data: The whole content.
+        mode: File mode to set (``mkstemp`` creates 0600), or None to keep 0600.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -165,10 +181,10 @@ def atomic_write_inside(store: Path, path: Path, data: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return path
 
 
 __all__ = [
+    "atomic_write",
     "atomic_write_inside",
     "checked_scene",
     "inside_store",
