@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: setup browser demo test bench lint clean
 
-.venv/.synced: pyproject.toml uv.lock
+.venv/.synced: pyproject.toml world/pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet 'uv>=0.5'
 	$(UV) sync --frozen --all-extras --python $(PYTHON)
 	@touch $@
@@ -27,8 +27,11 @@ test: .venv/.synced browser
 bench: .venv/.synced
 	$(UV) run --frozen python scripts/bench.py $(BENCH_ARGS)
 
+# Style (ruff), types (mypy, files in pyproject.toml) and the import contracts (import-linter).
 lint: .venv/.synced
-	$(UV) run --frozen ruff check src flows tests scripts
+	$(UV) run --frozen ruff check src world/src flows tests scripts
+	$(UV) run --frozen mypy
+	$(UV) run --frozen lint-imports
 
 clean:
 	rm -rf demo-store demo-catalog .world .bench test-output

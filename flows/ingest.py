@@ -37,7 +37,6 @@ from flows.params import (
     RunOptions,
     StoreSpec,
     make_store_spec,
-    query_key,
 )
 from flows.quicklooks import publish_quicklooks
 from flows.report import (
@@ -231,7 +230,7 @@ def find_scenes(
         )
     else:
         search_task = search.with_options(cache_policy=NO_CACHE, persist_result=False, **retrying)
-    return search_task(query_key(query), spec.stac_url, spec.profile)
+    return search_task(query.to_json(), spec.stac_url, spec.profile)
 
 
 def ingest_items(

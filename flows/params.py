@@ -9,7 +9,6 @@ hands the loose input to the library's own validators (:func:`scenestore.search.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -240,38 +239,6 @@ def make_store_spec(
     )
 
 
-def query_key(query: SceneQuery) -> str:
-    """Canonical JSON of a query: equal queries give equal text in any process.
-
-    This, not the Python object, is what the search cache hashes: sorted keys, no whitespace,
-    tiles as a sorted list (never a set, whose order varies between processes).
-    """
-    return json.dumps(
-        {
-            "geometry": query.geometry,
-            "start": query.start.isoformat(),
-            "end": query.end.isoformat(),
-            "max_cloud": query.max_cloud,
-            "tiles": sorted(query.tiles),
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        allow_nan=False,
-    )
-
-
-def query_from_key(key: str) -> SceneQuery:
-    """Rebuild the query :func:`query_key` encoded (validated again by the library)."""
-    data = json.loads(key)
-    return build_query(
-        start=data["start"],
-        end=data["end"],
-        aoi=data["geometry"],
-        max_cloud=data["max_cloud"],
-        tiles=data["tiles"],
-    )
-
-
 def _library_error(err: ValidationError) -> InvalidRequestError | None:
     for detail in err.errors():
         cause = (detail.get("ctx") or {}).get("error")
@@ -299,6 +266,4 @@ __all__ = [
     "RunOptions",
     "StoreSpec",
     "make_store_spec",
-    "query_from_key",
-    "query_key",
 ]

@@ -2,7 +2,7 @@
 
 After the scenes of a run are stored, ``quicklook`` renders each stored scene's true-colour
 PNG and keeps it in the store at ``<store>/.quicklooks/<identifier>.png`` (the library's
-:func:`scenestore.stores.save_quicklook`): a file in a local store, an object
+:func:`scenestore.store.quicklook.save_quicklook`): a file in a local store, an object
 (``s3://bucket/prefix/.quicklooks/<identifier>.png``) in an object store. Then
 :func:`publish_quicklooks` creates the ``ingest-quicklooks`` markdown artifact: per scene a
 heading, the image embedded as a ``data:`` URI (so the Prefect UI shows it without serving
@@ -22,9 +22,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.params import StoreSpec
 from scenestore.errors import ScenestoreError
-from scenestore.quicklook import RGB_BANDS
 from scenestore.redact import redact
-from scenestore.stores import save_quicklook
+from scenestore.store import open_store
+from scenestore.store.quicklook import RGB_BANDS, save_quicklook
 
 #: Longest edge of the quicklooks an ingest run renders (small: they are embedded).
 ARTIFACT_SIZE = 256
@@ -53,7 +53,7 @@ class RenderedQuicklook:
 def quicklook(identifier: str, spec: StoreSpec) -> RenderedQuicklook:
     """Render one stored scene's quicklook into ``<store>/.quicklooks/`` and return it."""
     try:
-        where, png = save_quicklook(spec.store, identifier, max_size=ARTIFACT_SIZE)
+        where, png = save_quicklook(open_store(spec.store), identifier, max_size=ARTIFACT_SIZE)
     except ScenestoreError as err:  # e.g. the run stored no RGB bands: no picture, no failure
         return RenderedQuicklook(identifier, note=redact(str(err)))
     return RenderedQuicklook(identifier, path=where, png=png)

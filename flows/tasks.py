@@ -13,7 +13,6 @@ coordinate mismatch, an item without the asset) fail at once.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -26,12 +25,12 @@ from prefect.exceptions import MissingContextError
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
-from flows.params import StoreSpec, query_from_key
+from flows.params import StoreSpec
 from scenestore.errors import ScenestoreError, TransientSourceError
 from scenestore.manager import IngestResult
 from scenestore.network import DEFAULT_BACKOFF_S, DEFAULT_JITTER, DEFAULT_RETRIES
-from scenestore.redact import redact
-from scenestore.search import search_scenes
+from scenestore.plan import ScenePlan, plan_ingest
+from scenestore.search import SceneQuery, search_scenes
 
 #: Retry defaults unless a run asks otherwise (RunOptions): the library's and the CLI's, one place.
 DEFAULT_BACKOFF_SECONDS = DEFAULT_BACKOFF_S
@@ -85,39 +84,6 @@ def retry_options(
     }
 
 
-@dataclass(frozen=True)
-class ScenePlan:
-    """What the bulk check found for one scene.
-
-    Attributes:
-        source: The scene's STAC item, as a pystac Item or a STAC JSON document.
-        identifier: Its store identifier, or None when it has no valid one.
-        missing: Bands the store lacks (empty: the scene is complete).
-        error: Why the scene cannot be ingested, when it cannot.
-    """
-
-    source: pystac.Item | dict[str, Any]
-    identifier: str | None
-    missing: tuple[str, ...] = ()
-    error: str | None = None
-
-    @property
-    def item_id(self) -> str:
-        """The STAC item id."""
-        return self.source["id"] if isinstance(self.source, dict) else self.source.id
-
-    @property
-    def name(self) -> str:
-        """The identifier, or the item id when there is no valid identifier."""
-        return self.identifier or str(self.item_id)
-
-    def item(self) -> pystac.Item:
-        """The pystac Item (parsed only here: ~1 ms each, so only for scenes to download)."""
-        if isinstance(self.source, pystac.Item):
-            return self.source
-        return pystac.Item.from_dict(self.source)
-
-
 # -- search (cached) --------------------------------------------------------------------------
 
 
@@ -132,14 +98,14 @@ def search(query_json: str, stac_url: str, profile: str) -> list[dict[str, Any]]
     """Search the STAC API; cached by the canonical query text, URL, profile and this code.
 
     Args:
-        query_json: The query as :func:`flows.params.query_key` renders it.
+        query_json: The query as :meth:`scenestore.search.SceneQuery.to_json` renders it.
         stac_url: STAC API root URL (resolved, never None, so defaults share one cache entry).
         profile: Provider profile name.
 
     Returns:
         The matching items as STAC JSON documents (small, JSON-persisted for the cache).
     """
-    items = search_scenes(query_from_key(query_json), stac_url=stac_url, profile=profile)
+    items = search_scenes(SceneQuery.from_json(query_json), stac_url=stac_url, profile=profile)
     return [item.to_dict(transform_hrefs=False) for item in items]
 
 
@@ -153,17 +119,9 @@ def check_scenes(items: list[pystac.Item | dict[str, Any]], spec: StoreSpec) -> 
     Pass a long list wrapped in ``prefect.utilities.annotations.quote``: otherwise Prefect
     walks every nested value of the items looking for futures (3.5 s for 1,000 item dicts).
     A scene without a valid identifier is planned as failed, not raised, so it cannot stop
-    the others.
+    the others (:func:`scenestore.plan.plan_ingest` decides).
     """
-    manager = spec.manager()
-    plans = []
-    for item in items:
-        try:
-            identifier = manager.identifier(item["id"] if isinstance(item, dict) else item)
-            plans.append(ScenePlan(item, identifier, tuple(manager.missing_bands(identifier))))
-        except ScenestoreError as err:
-            plans.append(ScenePlan(item, None, error=redact(str(err))))
-    return plans
+    return plan_ingest(spec.manager(), items)
 
 
 # -- the four steps of one scene --------------------------------------------------------------

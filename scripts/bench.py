@@ -36,6 +36,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scenestore_world import OfflineWorld
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
@@ -162,7 +166,7 @@ def _limit_band(task: tuple[str, str, str, int]) -> int:
     from rasterio.io import MemoryFile
     from zarr.codecs import BloscCodec
 
-    from scenestore.layout import choose_chunk
+    from scenestore.store.layout import choose_chunk
 
     href, target, band, size = task
     with urllib.request.urlopen(href) as resp:
@@ -183,7 +187,7 @@ def _limit_band(task: tuple[str, str, str, int]) -> int:
         compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
         overwrite=True,
         # No empty-chunk test before each write: zarr's costs ~10 ms per uint16 chunk under
-        # numpy 2.4 (see scenestore.storage._IntegerNDBuffer), and a limit pays no such tax.
+        # numpy 2.4 (see scenestore.store.arrays._IntegerNDBuffer), and a limit pays no such tax.
         config={"write_empty_chunks": True},
     )
     arr[...] = data
@@ -421,7 +425,7 @@ def variant_check(items: list[dict], store: Path, how: str) -> dict:
             _ = [b for b in ALL_BANDS if b not in present]
     else:
         from scenestore import StacStoreManager
-        from scenestore.layout import identifier_of
+        from scenestore.store.layout import identifier_of
 
         manager = StacStoreManager(ALL_BANDS, store)
         started = time.perf_counter()
@@ -444,7 +448,7 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def _source_bytes(world, items: list[dict]) -> int:
+def _source_bytes(world: OfflineWorld, items: list[dict]) -> int:
     from scenestore.profiles import PROFILES
 
     keys = PROFILES["earth-search"].asset_keys
@@ -496,7 +500,7 @@ def main() -> None:
         _child(args)
         return
 
-    from scenestore.world import OfflineWorld
+    from scenestore_world import OfflineWorld
 
     size = "full" if args.full else "small"
     n = args.scenes or (1 if args.full else 4)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scenestore.world import OfflineWorld
+from scenestore_world import OfflineWorld
 
 ROOT = Path(__file__).resolve().parent.parent
 WORLD_DIR = ROOT / ".world" / "demo"

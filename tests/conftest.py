@@ -13,7 +13,7 @@ import pytest
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """The offline Sentinel-2 world (real STAC API + Range HTTP server), once per session."""
-    from scenestore.world import OfflineWorld
+    from scenestore_world import OfflineWorld
 
     with OfflineWorld(tmp_path_factory.mktemp("world"), scenes=4, size="tiny", seed=0) as w:
         yield w

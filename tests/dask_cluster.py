@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scenestore.world.remote import stop_process
-from scenestore.world.server import free_port
+from scenestore_world.remote import stop_process
+from scenestore_world.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from scenestore.world.remote import stop_process
-from scenestore.world.server import free_port
+from scenestore_world.remote import stop_process
+from scenestore_world.server import free_port
 
 BUCKET = "scenes"
 

@@ -14,10 +14,11 @@ from pystac.errors import STACValidationError
 from pystac.extensions.projection import SCHEMA_URI as PROJ_URI
 
 from scenestore import StacStoreManager
-from scenestore.catalog import ZARR_MEDIA_TYPE, validate_catalog, write_catalog
-from scenestore.layout import scene_path
-from scenestore.quicklook import quicklook_path, write_quicklook
-from scenestore.removal import remove_scene
+from scenestore.store import open_store
+from scenestore.store.catalog import ZARR_MEDIA_TYPE, validate_catalog, write_catalog
+from scenestore.store.layout import scene_path
+from scenestore.store.quicklook import quicklook_path, write_quicklook
+from scenestore.store.removal import remove_scene
 from test_cli import run
 
 #: A stand-in for the projection extension's schema, written for this test (the real one is
@@ -62,9 +63,9 @@ def test_catalog_validates_offline_and_loads_again(world, stored, tmp_path):
     shutil.copytree(root / "store", work / "store")
     store, out = work / "store", work / "catalog"
     with_look = manager.identifier(world.items[0])
-    write_quicklook(store, with_look, quicklook_path(store, with_look))
+    write_quicklook(open_store(store), with_look, quicklook_path(store, with_look))
 
-    write_catalog(store, out)
+    write_catalog(open_store(store), out)
     check = validate_catalog(out)
 
     assert check.objects == 3
@@ -104,7 +105,7 @@ def test_catalog_validates_offline_and_loads_again(world, stored, tmp_path):
 def test_extension_schemas_from_a_local_directory_are_checked(stored, tmp_path, monkeypatch):
     root, _ = stored
     out = tmp_path / "catalog"
-    write_catalog(root / "store", out)
+    write_catalog(open_store(root / "store"), out)
     schemas = tmp_path / "schemas"
     schemas.mkdir()
     (schemas / "projection.json").write_text(json.dumps(PROJ_STAND_IN))
@@ -132,7 +133,7 @@ def test_cli_catalog_rewrites_without_removed_scenes(world, stored, tmp_path):
     first = run("catalog", "--store", str(store), "--out", str(out), check=True).stdout
     assert "2 items" in first and "Valid against the STAC core schemas" in first
     gone = manager.identifier(world.items[0])
-    remove_scene(store, gone)
+    remove_scene(open_store(store), gone)
 
     again = run("catalog", "--store", str(store), "--out", str(out), check=True).stdout
 

@@ -400,7 +400,7 @@ def test_offline_open_and_verify(world, stocked, tmp_path):
 
 def test_secrets_never_reach_the_output_of_a_faulted_run(world, tmp_path):
     """Signed-URL tokens, URL passwords and AWS keys stay out of logs, errors and tables."""
-    from scenestore.world import FaultPlan
+    from scenestore_world import FaultPlan
 
     # Built at run time so that no secret-shaped literal sits in the repository.
     sig, password, key = "SUPERSECRET" + "SIG0123456789", "hunter2pass", "AKIA" + "ABCDEFGHIJKLMNOP"
@@ -443,3 +443,22 @@ def test_secrets_never_reach_the_output_of_a_faulted_run(world, tmp_path):
     assert "REDACTED" in text and "Cannot reach the STAC API" in text
     for secret in (sig, password, key, "wJalrXUtnFEMIK7MDENGbPxRfiCY"):
         assert secret not in text
+
+
+def test_world_command_without_the_world_package_says_how_to_install_it(monkeypatch, tmp_path):
+    """The library's wheel has no world: `scenestore world` says so in one line, exit 2."""
+    from typer.testing import CliRunner
+
+    from scenestore.cli import EXIT_USER_ERROR, app
+
+    monkeypatch.setitem(sys.modules, "scenestore_world", None)  # import fails: not installed
+    result = CliRunner().invoke(
+        app, ["world", "--dir", str(tmp_path / "w")], env={"COLUMNS": "200"}
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == EXIT_USER_ERROR, result.stderr
+    assert lines == [
+        "error: The offline world is not installed (package scenestore-world); install it with "
+        "`uv sync` in a checkout or `pip install scenestore-world`."
+    ]
+    assert "Traceback" not in result.output and not (tmp_path / "w").exists()

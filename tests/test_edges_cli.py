@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from scenestore.world.faults import FaultPlan
+from scenestore_world.faults import FaultPlan
 
 ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
 

@@ -16,22 +16,40 @@ from filelock import FileLock
 
 from scenestore import StacStoreManager
 from scenestore.bands import ALL_BANDS
-from scenestore.commit import committed_bands
 from scenestore.errors import InvalidIdentifierError, InvalidRequestError, SceneNotFoundError
-from scenestore.inventory import SceneInfo, list_scenes
-from scenestore.layout import lock_path, scene_path
-from scenestore.removal import (
+from scenestore.store import open_store
+from scenestore.store.inventory import SceneInfo
+from scenestore.store.inventory import list_scenes as _list_scenes
+from scenestore.store.layout import lock_path, scene_path
+from scenestore.store.removal import (
     TRASH_DIR,
     read_keep_list,
-    remove_scene,
-    remove_scenes,
     select_before,
     select_not_in,
 )
-from scenestore.verify import verify_store
+from scenestore.store.removal import remove_scene as _remove_scene
+from scenestore.store.removal import remove_scenes as _remove_scenes
+from scenestore.store.verify import verify_store as _verify_store
 from test_cli import run, snapshot
 
 WRITER = Path(__file__).parent / "writer.py"
+
+
+# The store functions take a SceneStore now; these keep the tests' store-directory calls.
+def list_scenes(store: Path) -> list[SceneInfo]:
+    return _list_scenes(open_store(store))
+
+
+def remove_scene(store: Path, identifier: str, **kwargs) -> int:
+    return _remove_scene(open_store(store), identifier, **kwargs)
+
+
+def remove_scenes(store: Path, identifiers: list[str], **kwargs):
+    return _remove_scenes(open_store(store), identifiers, **kwargs)
+
+
+def verify_store(store: Path):
+    return _verify_store(open_store(store))
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +186,17 @@ def test_unknown_scene_removes_nothing(world, store):
 
 def _violations(store: Path) -> list[str]:
     """Committed bands whose array is missing (checked twice: a racing write is no alarm)."""
-    found = []
+    found, scenes = [], open_store(store)
     for scene in list_scenes(store):
         path = scene_path(store, scene.identifier)
-        for band in sorted(committed_bands(path)):
+        committed = scenes.committed_bands
+        for band in sorted(committed(scene.identifier)):
             array = path / band / "zarr.json"
-            if not array.exists() and band in committed_bands(path) and not array.exists():
+            if (
+                not array.exists()
+                and band in committed(scene.identifier)
+                and not array.exists()
+            ):
                 found.append(f"{scene.identifier}/{band}")
     return found
 

@@ -15,9 +15,9 @@ from scenestore.aoi import parse_bbox, parse_geojson
 from scenestore.bands import ALL_BANDS, normalize_bands
 from scenestore.errors import InvalidIdentifierError, InvalidRequestError
 from scenestore.ids import validate_identifier
-from scenestore.layout import choose_chunk, covers_whole_chunks, scene_path
 from scenestore.profiles import epsg_of, get_profile, normalize_tile, require_utm, tile_of
 from scenestore.search import build_query
+from scenestore.store.layout import choose_chunk, covers_whole_chunks, scene_path
 
 SAFE = string.ascii_letters + string.digits + "._+-"
 

@@ -11,8 +11,9 @@ import zarr
 
 from scenestore import StacStoreManager
 from scenestore.errors import IncompleteSceneError, InvalidRequestError
-from scenestore.layout import scene_path
-from scenestore.quicklook import (
+from scenestore.store import open_store
+from scenestore.store.layout import scene_path
+from scenestore.store.quicklook import (
     decimation_step,
     render_quicklook,
     stretch_rgba,
@@ -59,7 +60,7 @@ def test_a_big_scene_is_read_decimated_not_whole(tmp_path):
     one_band = size * size * 2
 
     tracemalloc.start()
-    look = render_quicklook(tmp_path, "big", max_size=120)
+    look = render_quicklook(open_store(tmp_path), "big", max_size=120)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 
@@ -102,4 +103,4 @@ def test_quicklook_needs_the_rgb_bands(world, tmp_path):
     manager = StacStoreManager(["B02"], store, stac_url=world.stac_url)
     manager.download_and_store(world.items[0])
     with pytest.raises(IncompleteSceneError, match=r"lacks bands \['B04', 'B03'\]"):
-        render_quicklook(store, manager.identifier(world.items[0]))
+        render_quicklook(open_store(store), manager.identifier(world.items[0]))

@@ -13,21 +13,31 @@ from pathlib import Path
 import pytest
 
 from scenestore import ALL_BANDS, StacStoreManager
-from scenestore.commit import committed_bands, read_commit
 from scenestore.ingest import ingest_items
-from scenestore.verify import verify_scene
-from scenestore.world import FaultPlan
+from scenestore.store import open_store
+from scenestore.store.layout import identifier_of
+from scenestore.store.verify import verify_scene as _verify_scene
+from scenestore_world import FaultPlan
 from writer import writer_results
 
 WRITER = Path(__file__).parent / "writer.py"
 
 
+def committed_bands(scene: Path) -> set[str]:
+    """The committed bands of a local scene directory ``<store>/<identifier>.zarr``."""
+    return open_store(scene.parent).committed_bands(identifier_of(scene))
+
+
+def verify_scene(store: Path, identifier: str):
+    return _verify_scene(open_store(store), identifier)
+
+
 def checksums(store: Path) -> dict[tuple[str, str], str]:
     """(scene, band) -> committed checksum, for every committed band of a store."""
-    out = {}
+    out, scenes = {}, open_store(store)
     for scene in store.glob("*.zarr"):
         for band in committed_bands(scene):
-            out[(scene.name, band)] = read_commit(scene, band).checksum
+            out[(scene.name, band)] = scenes.read_commit(identifier_of(scene), band).checksum
     return out
 
 
@@ -95,16 +105,25 @@ def test_sigkill_at_random_moments_never_leaves_a_band_half_present(world, clean
     ids = [i.id for i in world.items[:2]]
     # Stretch the run a little so kills land inside writes, not only in start-up.
     with world.faulted(cog=FaultPlan(latency_s=0.004, path_glob="*.tif")):
+        # Time a clean run: start-up (imports, search) takes most of it, and the kills must
+        # land while bands are written and committed, so they are aimed at that stretch.
         started = time.monotonic()
         proc = _spawn(tmp_path / "timing", world, ids)
+        first_commit = None
+        while proc.poll() is None:
+            if first_commit is None and any((tmp_path / "timing").glob("*.zarr/_commits/B*.json")):
+                first_commit = time.monotonic() - started
+            time.sleep(0.005)
         proc.communicate(timeout=120)
         clean_run_s = time.monotonic() - started
+        first_commit = clean_run_s if first_commit is None else first_commit
+        writing_s = clean_run_s - first_commit
         rng = random.Random(2026)
         outcomes = []
         for trial in range(20):
             store = tmp_path / f"trial{trial}"
             proc = _spawn(store, world, ids)
-            time.sleep(rng.uniform(0.3, 1.0) * clean_run_s)
+            time.sleep(rng.uniform(first_commit - writing_s, clean_run_s + writing_s))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
             committed = sum(len(committed_bands(s)) for s in store.glob("*.zarr"))
@@ -142,7 +161,9 @@ def test_a_writer_killed_while_holding_the_lock_does_not_block_the_next(world, t
     proc = _spawn(tmp_path, world, ids)
     lock = tmp_path / ".locks" / f"es-l2a_{ids[0]}.lock"
     deadline = time.monotonic() + 60
-    while not (tmp_path / f"es-l2a_{ids[0]}.zarr" / "_staging").exists():
+    scene = tmp_path / f"es-l2a_{ids[0]}.zarr"
+    # Killed mid-write: a new scene's bands are written in place (no record: not present).
+    while not any(scene.glob("B*/zarr.json")):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)

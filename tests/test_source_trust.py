@@ -90,7 +90,7 @@ def test_expected_header_reads_the_item_fields():
 @pytest.fixture(scope="module")
 def own_world(tmp_path_factory):
     """A one-scene world of its own: its COGs are rewritten by the tests below."""
-    from scenestore.world import OfflineWorld
+    from scenestore_world import OfflineWorld
 
     with OfflineWorld(tmp_path_factory.mktemp("trust"), scenes=1, size="tiny", seed=5) as w:
         yield w

@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 from zarr.core.buffer.cpu import NDBuffer
 from zarr.storage import LocalStore
 
-from scenestore.storage import _IntegerNDBuffer, write_band_array
+from scenestore.store.arrays import _IntegerNDBuffer, write_band_array
 
 DTYPES = st.sampled_from(["uint8", "uint16", "int16", "int32", "bool", "float32", "float64"])
 

@@ -30,7 +30,7 @@ from rasterio.windows import Window
 from providers.recorded import fixture
 from scenestore.bands import ALL_BANDS, BAND_SPECS
 from scenestore.errors import InvalidRequestError
-from scenestore.world import (
+from scenestore_world import (
     BAND_ASSETS,
     FaultPlan,
     OfflineWorld,
@@ -568,7 +568,7 @@ def test_world_stops_everything_on_exit_even_after_an_error(tmp_path: Path) -> N
 
 def test_servers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
     code = (
-        "import sys; from scenestore.world import serve_forever; "
+        "import sys; from scenestore_world import serve_forever; "
         "serve_forever(sys.argv[1], 1, 'tiny', 0, "
         "on_ready=lambda w: print(w.servers.pid, w._process.pid, flush=True))"
     )
@@ -589,7 +589,7 @@ def test_servers_do_not_outlive_a_killed_parent(tmp_path: Path) -> None:
 
 def test_serve_forever_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     code = (
-        "import sys; from scenestore.world import serve_forever; "
+        "import sys; from scenestore_world import serve_forever; "
         "serve_forever(sys.argv[1], 1, 'tiny', 0, "
         "on_ready=lambda w: print(w.stac_url, w.data_url, flush=True))"
     )

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from rasterio.errors import RasterioIOError
 
 from scenestore.errors import InvalidRequestError, SourceError
-from scenestore.world import (
+from scenestore_world import (
     FaultKind,
     FaultPlan,
     OfflineWorld,
@@ -33,7 +33,7 @@ from scenestore.world import (
     WorldServers,
     choose_fault,
 )
-from scenestore.world.faults import FaultInjector
+from scenestore_world.faults import FaultInjector
 
 KINDS = list(FaultKind)
 

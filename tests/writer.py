@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
 from scenestore import StacStoreManager
 from scenestore.ingest import ingest_items
@@ -19,18 +20,14 @@ def main() -> None:
     store, stac_url, bands, *ids = sys.argv[1:]
     manager = StacStoreManager(bands.split(","), store, stac_url=stac_url)
     items = [manager.get_item(i) for i in ids]
+    printing = threading.Lock()  # scenes finish in worker threads: one whole line each
 
     def report(result) -> None:
-        print(
-            json.dumps(
-                {
-                    "identifier": result.identifier,
-                    "fetched": list(result.fetched),
-                    "error": result.error,
-                }
-            ),
-            flush=True,
-        )
+        fields = {"identifier": result.identifier, "fetched": list(result.fetched)}
+        line = json.dumps({**fields, "error": result.error})
+        with printing:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
     ingest_items(manager, items, max_workers=2, retries=2, backoff_s=0.05, on_result=report)
 

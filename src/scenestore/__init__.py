@@ -39,6 +39,10 @@ _EXPORTS = {
     "build_query": "scenestore.search",
     "search_scenes": "scenestore.search",
     "StacStoreManager": "scenestore.stac",
+    "SceneStore": "scenestore.store",
+    "open_store": "scenestore.store",
+    "ScenePlan": "scenestore.plan",
+    "plan_ingest": "scenestore.plan",
 }
 
 __all__ = [
@@ -53,7 +57,9 @@ __all__ = [
     "Profile",
     "SceneBusyError",
     "SceneNotFoundError",
+    "ScenePlan",
     "SceneQuery",
+    "SceneStore",
     "ScenestoreError",
     "SourceError",
     "StacStoreManager",
@@ -64,6 +70,8 @@ __all__ = [
     "build_query",
     "get_profile",
     "normalize_bands",
+    "open_store",
+    "plan_ingest",
     "search_scenes",
 ]
 
@@ -88,6 +96,8 @@ if TYPE_CHECKING:  # pragma: no cover
         TransientSourceError,
     )
     from scenestore.manager import IngestResult, StoreManager
+    from scenestore.plan import ScenePlan, plan_ingest
     from scenestore.profiles import PROFILES, Profile, get_profile
     from scenestore.search import SceneQuery, build_query, search_scenes
     from scenestore.stac import StacStoreManager
+    from scenestore.store import SceneStore, open_store

@@ -1,6 +1,6 @@
 """Lazy re-exports for package ``__init__`` modules (PEP 562).
 
-Importing ``scenestore`` or ``scenestore.world`` should not pay for xarray, dask, odc-stac or
+Importing ``scenestore`` or ``scenestore_world`` should not pay for xarray, dask, odc-stac or
 rasterio until a name that needs them is used: the CLI's ``--help`` and the world's server
 child process start in a fraction of the time.
 """

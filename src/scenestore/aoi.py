@@ -130,17 +130,18 @@ def parse_geojson(value: Mapping[str, Any] | str | Path) -> BaseGeometry:
                 f"AOI {_short(source)} is not valid JSON ({err.msg} at line {err.lineno}); "
                 "expected a GeoJSON geometry, Feature or FeatureCollection."
             ) from err
+    doc: Any = value  # parsed JSON of any shape: shapely says what is wrong with it
     try:
-        kind = value.get("type") if isinstance(value, Mapping) else None
+        kind = doc.get("type") if isinstance(doc, Mapping) else None
         if kind == "FeatureCollection":
-            geoms = [shapely.geometry.shape(f["geometry"]) for f in value["features"]]
+            geoms = [shapely.geometry.shape(f["geometry"]) for f in doc["features"]]
             if not geoms:
                 raise ValueError("no features")
             geom = unary_union(geoms)
         elif kind == "Feature":
-            geom = shapely.geometry.shape(value["geometry"])
+            geom = shapely.geometry.shape(doc["geometry"])
         else:
-            geom = shapely.geometry.shape(value)
+            geom = shapely.geometry.shape(doc)
     except Exception as err:  # shapely raises many types for malformed input
         raise InvalidRequestError(
             f"AOI {_short(source)} is not valid GeoJSON ({err}); expected a geometry, Feature or "

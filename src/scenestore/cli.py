@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -36,6 +36,12 @@ from scenestore.errors import (
 from scenestore.network import DEFAULT_RETRIES
 from scenestore.redact import redact
 
+if TYPE_CHECKING:
+    import pystac
+
+    from scenestore.manager import IngestResult
+    from scenestore.search import SceneQuery
+
 
 class _OneLineErrors(TyperGroup):
     """typer's group, with usage errors as one line on stderr (exit 2) instead of a box.
@@ -44,15 +50,17 @@ class _OneLineErrors(TyperGroup):
     """
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False  # always: the errors are printed here, one line each
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(*args, **kwargs)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(*args, **kwargs)
         except click_errors.NoArgsIsHelpError as err:  # bare `scenestore`: the help
             err.show()
             sys.exit(err.exit_code)
         except click_errors.ClickException as err:
-            command = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) else ""
+            ctx = getattr(err, "ctx", None)  # usage errors carry the command's context
+            command = f"{ctx.command_path}: " if ctx else ""
             message = " ".join(err.format_message().split())  # one line, whatever click wrote
             err_console.print(
                 f"[bold red]error:[/] {command}{redact(message)} (see --help)",
@@ -83,6 +91,11 @@ err_console = Console(stderr=True)
 
 EXIT_USER_ERROR = 2
 EXIT_SCENE_FAILED = 1
+#: What ``scenestore world`` says when the offline world's distribution is missing.
+WORLD_NOT_INSTALLED = (
+    "The offline world is not installed (package scenestore-world); install it with `uv sync` "
+    "in a checkout or `pip install scenestore-world`."
+)
 
 StacUrl = Annotated[
     str | None,
@@ -174,7 +187,14 @@ def _route_library_warnings(verbose: bool) -> None:
         warnings.simplefilter("default")
 
 
-def _query(bbox: str | None, aoi: Path | None, start: str, end: str, max_cloud, tiles):
+def _query(
+    bbox: str | None,
+    aoi: Path | None,
+    start: str,
+    end: str,
+    max_cloud: float | None,
+    tiles: str | None,
+) -> SceneQuery:
     from scenestore.search import build_query
 
     return build_query(start=start, end=end, bbox=bbox, aoi=aoi, max_cloud=max_cloud, tiles=tiles)
@@ -292,7 +312,9 @@ def ingest(
         raise typer.Exit(EXIT_SCENE_FAILED)
 
 
-def _search_with_retries(query: Any, *, retries: int = DEFAULT_RETRIES, **kwargs: Any) -> list:
+def _search_with_retries(
+    query: Any, *, retries: int = DEFAULT_RETRIES, **kwargs: Any
+) -> list[pystac.Item]:
     """The search, retried like a scene: only transient failures (5xx, 429, reset, timeout)."""
     from scenestore.network import transient_retrying
     from scenestore.search import search_scenes
@@ -306,7 +328,7 @@ def _required(value: str | None, option: str) -> str:
     return value
 
 
-def _read_item(path: Path):
+def _read_item(path: Path) -> pystac.Item:
     """Read a STAC item JSON file, with a one-line error for anything else."""
     import json
 
@@ -327,7 +349,7 @@ def _read_item(path: Path):
         ) from err
 
 
-def _print_summary(results, elapsed: float) -> None:
+def _print_summary(results: list[IngestResult], elapsed: float) -> None:
     table = Table(title="ingest summary")
     table.add_column("scene", no_wrap=True)
     table.add_column("status")
@@ -368,9 +390,10 @@ def ls_(
     """List the scenes in a store: sensing date, tile, cloud cover, bands and size."""
     import json
 
-    from scenestore.stores import list_scenes
+    from scenestore.store import open_store
+    from scenestore.store.inventory import list_scenes
 
-    infos = list_scenes(store)
+    infos = list_scenes(open_store(store))
     if as_json:
         print(json.dumps([i.as_record() for i in infos], indent=1))
         return
@@ -407,14 +430,16 @@ def info(
     store: StoreOpt, identifier: Annotated[str, typer.Argument(help="Scene identifier.")]
 ) -> None:
     """Show one scene's grid, bands and attributes."""
-    from scenestore.storage import crs_text
-    from scenestore.stores import band_details, open_scene_group, scene_info
+    from scenestore.store import open_store
+    from scenestore.store.arrays import array_values, crs_text
+    from scenestore.store.inventory import band_details, scene_info
 
-    meta = scene_info(store, identifier)
+    scenes = open_store(store)
+    meta = scene_info(scenes, identifier)
     console.print(f"[bold]{meta.identifier}[/]  ({_size(meta.size_bytes)})")
     try:
-        group = open_scene_group(store, identifier)
-        x, y = group["x"][...], group["y"][...]
+        group = scenes.group(identifier)
+        x, y = array_values(group, "x"), array_values(group, "y")
         crs = crs_text(dict(group["spatial_ref"].attrs)) if "spatial_ref" in group else None
     except (OSError, ValueError, KeyError, TypeError) as err:  # zarr.json deleted or garbage
         console.print(f"grid: unreadable ({type(err).__name__}): the scene group is damaged")
@@ -427,7 +452,7 @@ def info(
     table = Table(title="bands")
     for col in ("band", "dtype", "shape", "chunks", "codecs", "committed"):
         table.add_column(col)
-    details = band_details(store, identifier)
+    details = band_details(scenes, identifier)
     for band, d in details.items():
         table.add_row(
             band,
@@ -477,9 +502,10 @@ def open_(
 ) -> None:
     """Open a stored scene offline (never the network) and print what it holds."""
     from scenestore.stac import StacStoreManager
-    from scenestore.stores import check_store
+    from scenestore.store import open_store
+    from scenestore.store.inventory import check_store
 
-    check_store(store)
+    check_store(open_store(store))
     manager = StacStoreManager(normalize_bands(bands), store, profile=profile)
     ds = manager.open(identifier, verify=verify_)  # damage: one line, exit 1 (user_errors)
     console.print(ds)
@@ -497,9 +523,11 @@ def verify(
     ] = False,
 ) -> None:
     """Check scene groups, commit records and committed bands (metadata, chunks, checksum)."""
-    from scenestore.stores import repair, verify_store
+    from scenestore.store import open_store
+    from scenestore.store.verify import repair, verify_store
 
-    checked, damage = verify_store(store, identifiers or None)
+    scenes = open_store(store)
+    checked, damage = verify_store(scenes, identifiers or None)
     if not damage:
         console.print(f"{checked} committed bands checked: all match their commit records.")
         return
@@ -510,7 +538,7 @@ def verify(
         table.add_row(d.identifier, d.band, d.problem)
     console.print(table)
     if repair_:
-        repair(store, damage)
+        repair(scenes, damage)
         console.print(
             f"Repaired {len(damage)} problems (damaged bands dropped, leftovers removed); the "
             "next ingest fetches the dropped bands again."
@@ -531,7 +559,16 @@ def world(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
     """Generate (if needed) and serve the offline Sentinel-2 world until interrupted."""
-    from scenestore.world import serve_forever
+    # The world is its own distribution (servers, rustac), not part of the library's wheel.
+    try:
+        from scenestore_world import serve_forever
+    except ModuleNotFoundError as err:
+        if err.name != "scenestore_world":
+            raise  # the world is installed but broken: that traceback is the useful one
+        err_console.print(
+            f"[bold red]error:[/] {WORLD_NOT_INSTALLED}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(EXIT_USER_ERROR) from None
 
     if size not in ("tiny", "small", "full"):
         raise InvalidRequestError(f"Unknown world size {size!r}; expected tiny, small or full.")
@@ -567,7 +604,7 @@ def _crs_name(text: Any) -> str:
     """The CRS (in any form pyproj accepts) as ``EPSG:32633 (WGS 84 / UTM zone 33N)``."""
     if not text:
         return "unknown"
-    from scenestore.storage import parse_crs
+    from scenestore.store.arrays import parse_crs
 
     try:
         crs = parse_crs(text, what="spatial_ref")

@@ -14,15 +14,15 @@ import typer
 
 
 def _store_location(text: str) -> Any:
-    """A Path, or an object-store URL kept as text (validated in the command: one-line errors)."""
-    from scenestore.objstore.location import is_object_url
+    """A Path, or a store URL kept as text (validated in the command: one-line errors)."""
+    from scenestore.store import MEMORY_SCHEME, is_object_url
 
     if not text.strip():
         # Path("") is ".": an empty variable in a script would make the working directory a store.
         raise typer.BadParameter(
             f"{text!r} is empty; expected a store directory or an s3:// URL."
         )
-    return text if is_object_url(text) else Path(text)
+    return text if is_object_url(text) or text.startswith(MEMORY_SCHEME) else Path(text)
 
 
 StoreOpt = Annotated[

@@ -4,7 +4,7 @@ They are registered on the ``scenestore`` app by :func:`register` (called from
 :mod:`scenestore.cli`), which hands over the CLI's error wrapper and formatting helpers, so
 these commands print and fail exactly like the others: one line naming the bad value, exit 2,
 store unchanged. ``--store`` is the option of every command (:mod:`scenestore.cli_options`), a
-directory or an ``s3://`` URL, and each store question goes through :mod:`scenestore.stores`.
+directory or an ``s3://`` URL, and each store question goes through :mod:`scenestore.store`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ from rich.table import Table
 
 from scenestore.cli_options import StoreOpt
 from scenestore.errors import InvalidRequestError
+
+
+def open_store(location: Any) -> Any:
+    """The store's scenes (imported here, not at start: zarr makes ``--help`` slow)."""
+    from scenestore.store import open_store as open_scenes
+
+    return open_scenes(location)
 
 YesOpt = Annotated[bool, typer.Option("--yes", help="Remove them (default: a dry run).")]
 WaitOpt = Annotated[
@@ -65,7 +72,7 @@ def register(
         infos: list[Any], *, yes: bool, wait: float, store: Any, what: str
     ) -> None:
         """List what would go; with ``yes`` remove it and report the skipped (exit 1)."""
-        from scenestore.stores import remove_scenes
+        from scenestore.store.removal import remove_scenes
 
         total = size(sum(i.size_bytes for i in infos))
         if not infos:
@@ -81,7 +88,7 @@ def register(
         if not yes:
             console.print("Dry run: nothing removed. Run again with --yes to remove them.")
             return
-        results = remove_scenes(store, [i.identifier for i in infos], wait_seconds=wait)
+        results = remove_scenes(open_store(store), [i.identifier for i in infos], wait_seconds=wait)
         done = [r for r in results if r.removed]
         console.print(
             f"Removed {len(done)} scenes, freed {size(sum(r.size_bytes for r in done))}."
@@ -101,11 +108,11 @@ def register(
         wait: WaitOpt = 0.0,
     ) -> None:
         """Remove scenes (a dry run unless --yes); safe while an ingest writes to the store."""
-        from scenestore.stores import check_store, scene_info
+        from scenestore.store.inventory import check_store, scene_info
 
         check_wait(wait)
-        check_store(store)
-        infos = [scene_info(store, i) for i in dict.fromkeys(identifiers)]
+        scenes = check_store(open_store(store))
+        infos = [scene_info(scenes, i) for i in dict.fromkeys(identifiers)]
         removal_report(infos, yes=yes, wait=wait, store=store, what="to remove")
 
     @app.command()
@@ -128,8 +135,8 @@ def register(
     ) -> None:
         """Remove scenes sensed --before a day, or --not-in a keep list (a dry run unless --yes)."""
         from scenestore.aoi import parse_date
-        from scenestore.removal import read_keep_list, select_before, select_not_in
-        from scenestore.stores import list_scenes
+        from scenestore.store.inventory import list_scenes
+        from scenestore.store.removal import read_keep_list, select_before, select_not_in
 
         check_wait(wait)
         if (before is None) == (not_in is None):
@@ -139,11 +146,11 @@ def register(
             )
         if before is not None:
             day = parse_date(before, name="--before date")
-            infos = select_before(list_scenes(store), day)
+            infos = select_before(list_scenes(open_store(store)), day)
             what = f"sensed before {day.isoformat()}"
-        else:
+        elif not_in is not None:  # exactly one of the two is given (checked above)
             keep = read_keep_list(not_in)
-            infos = select_not_in(list_scenes(store), keep)
+            infos = select_not_in(list_scenes(open_store(store)), keep)
             what = f"not in {not_in}"
         removal_report(infos, yes=yes, wait=wait, store=store, what=what)
 
@@ -158,10 +165,10 @@ def register(
         ] = DEFAULT_QUICKLOOK_SIZE,
     ) -> None:
         """Write a true-colour PNG (B04, B03, B02) of a stored scene, read decimated, to --out."""
-        from scenestore.stores import check_store, write_quicklook
+        from scenestore.store.inventory import check_store
+        from scenestore.store.quicklook import write_quicklook
 
-        check_store(store)
-        look = write_quicklook(store, identifier, out, max_size=max_size)
+        look = write_quicklook(check_store(open_store(store)), identifier, out, max_size=max_size)
         rows, cols, _ = look.rgba.shape
         lo, hi = look.stretch
         read = "every pixel" if look.step == 1 else f"1 in {look.step} pixels each way"
@@ -178,11 +185,10 @@ def register(
         title: Annotated[str | None, typer.Option("--title", help="Catalog title.")] = None,
     ) -> None:
         """Write a static STAC catalog of the store (one item per scene) and validate it."""
-        from scenestore.catalog import validate_catalog
-        from scenestore.stores import check_store, write_catalog
+        from scenestore.store.catalog import validate_catalog, write_catalog
+        from scenestore.store.inventory import check_store
 
-        check_store(store)
-        written = write_catalog(store, out, title=title)
+        written = write_catalog(check_store(open_store(store)), out, title=title)
         check = validate_catalog(out)
         items = len(list(written.get_items()))
         console.print(

@@ -8,7 +8,8 @@ deletions go through :func:`remove_tree_inside` (real directories inside the sto
 writes of whole files through :func:`atomic_write_inside` (a ``mkstemp`` temp file beside the
 target, then a rename). The store root itself may be a symlink: that is the user's choice.
 
-Object stores have no symlinks; :mod:`scenestore.objstore` does not use this module.
+The local store backend (:mod:`scenestore.store._local`) is built on these; object stores
+have no symlinks.
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 from scenestore.errors import UnsafePathError
-from scenestore.layout import commits_path, scene_path
 
 # mkstemp creates 0600 files; what is written gets the mode a plain open() would give.
 # Read once at import (os.umask can only be read by setting it), before any thread runs.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 def unsafe_reason(store: Path, path: Path) -> str | None:
@@ -70,35 +69,6 @@ def inside_store(store: Path, path: Path) -> Path:
             "never follows a link out of it): remove the link."
         )
     return Path(path)
-
-
-def checked_scene(
-    store: Path, identifier: str, *, entries: Iterable[str] = (), committed: bool = False
-) -> Path:
-    """Return ``<store>/<identifier>.zarr`` after checking it, its ``_commits`` and ``entries``.
-
-    None of them may be a symlink or resolve outside the store (a missing one is fine).
-
-    Args:
-        store: The store directory.
-        identifier: The scene.
-        entries: Names inside the scene to check too (bands, ``_staging``).
-        committed: Also check every band that has a commit record.
-
-    Raises:
-        InvalidIdentifierError: If the identifier is not safe as a path name.
-        UnsafePathError: If the scene, its ``_commits`` or one of the entries is a link.
-    """
-    scene = scene_path(store, identifier)
-    inside_store(store, commits_path(scene))
-    names = list(entries)
-    if committed:
-        from scenestore.commit import committed_bands
-
-        names += sorted(committed_bands(scene))
-    for name in names:
-        inside_store(store, scene / name)
-    return scene
 
 
 def mkdir_inside(store: Path, path: Path) -> Path:
@@ -153,7 +123,7 @@ def atomic_write_inside(store: Path, path: Path, data: bytes) -> Path:
     """
     inside_store(store, path)
     mkdir_inside(store, path.parent)
-    atomic_write(path, data, mode=0o666 & ~_UMASK)
+    atomic_write(path, data, mode=0o666 & ~UMASK)
     return path
 
 
@@ -186,7 +156,6 @@ def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
 __all__ = [
     "atomic_write",
     "atomic_write_inside",
-    "checked_scene",
     "inside_store",
     "mkdir_inside",
     "remove_tree_inside",

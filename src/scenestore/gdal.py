@@ -6,6 +6,7 @@ import ctypes
 import logging
 import threading
 import warnings
+from typing import Any
 
 from scenestore.network import timeouts
 
@@ -16,7 +17,7 @@ _lock = threading.Lock()
 
 #: Options tuned for COGs: no sidecar probing on open, merged and multiplexed range requests,
 #: a per-file block cache, and GDAL's own retry of 429/503 answers.
-COG_OPTIONS: dict[str, str | int] = {
+COG_OPTIONS: dict[str, str | int | float] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MULTIPLEX": "YES",
@@ -39,12 +40,13 @@ def configure_gdal() -> None:
 
         limits = timeouts()
         # Without these a COG server that accepts and never answers hangs the read forever.
-        configure_rio(
-            cloud_defaults=True,
+        # GDAL options go in configure_rio's **params, beside its own typed keywords.
+        options: dict[str, Any] = {
             **COG_OPTIONS,
-            GDAL_HTTP_CONNECTTIMEOUT=f"{limits.connect_s:g}",
-            GDAL_HTTP_TIMEOUT=f"{limits.read_s:g}",
-        )
+            "GDAL_HTTP_CONNECTTIMEOUT": f"{limits.connect_s:g}",
+            "GDAL_HTTP_TIMEOUT": f"{limits.read_s:g}",
+        }
+        configure_rio(cloud_defaults=True, **options)
         # odc-loader resamples in-memory blocks with rasterio.warp, which warns that a bare
         # array has no geotransform; the transforms are passed explicitly, so it is noise.
         from rasterio.errors import NotGeoreferencedWarning

@@ -36,7 +36,7 @@ def scene_geobox(item: dict[str, Any], asset_keys: list[str], epsg: int) -> GeoB
         ItemError: If no asset has grid fields.
     """
     footprints = []
-    for _key, asset in item.get("assets", {}).items():
+    for asset in item.get("assets", {}).values():
         shape_, transform = asset.get("proj:shape"), asset.get("proj:transform")
         if not shape_ or not transform:
             continue

@@ -4,72 +4,40 @@ Names, arguments and defaults follow the raw data store contract (``shared/spec`
 original was fragile, scenestore does better:
 
 * preconditions raise typed errors (:mod:`scenestore.errors`), never ``assert``;
-* a band is present only once its commit record is written, after all its chunks
-  (:mod:`scenestore.commit`); bands are written to a staging group and moved into place, so a
-  failed or killed download never damages a band that was already stored;
-* identifiers are validated before they become path names (:mod:`scenestore.ids`);
-* ``missing_bands`` reads one directory listing, not the dataset;
+* a band is present only once its commit record is written, after all its chunks, and a
+  committed band is replaced only once its replacement is whole (:mod:`scenestore.store.scenes`),
+  so a failed or killed download never damages a band that was already stored;
+* identifiers are validated before they become keys or path names (:mod:`scenestore.ids`);
+* ``missing_bands`` reads the commit records (a listing and a few hundred bytes per band),
+  not the dataset;
 * ``open`` is lazy (dask) unless asked to load eagerly, and keeps stored dtypes;
 * ``load`` returns every requested band, also when some were stored and some downloaded;
-* writers to one scene take a per-scene file lock, so overlapping runs do not race.
+* writers to one scene take a per-scene lock, so overlapping runs do not race.
 
-A store given as an object-store URL (``s3://bucket/prefix``) keeps the same layout and
-promises with conditional writes instead of rename and file locks (:mod:`scenestore.objstore`).
+The store is one :class:`~scenestore.store.SceneStore` whatever the location: a directory, an
+object-store URL (``s3://bucket/prefix``) or ``memory://name``; the manager has no backend
+branches (:mod:`scenestore.store`).
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import xarray as xr
-from filelock import FileLock
 
-from scenestore.commit import CommitRecord, drop_commit, valid_committed_bands, write_commit
-from scenestore.errors import (
-    InvalidRequestError,
-    ScenestoreError,
-    StoreError,
-    StoreRequiredError,
-    store_io_error,
-)
-from scenestore.fsafety import checked_scene, inside_store, remove_tree_inside
-from scenestore.layout import LOCKS_DIR, lock_path, scene_path
-from scenestore.objstore.location import is_object_url
-from scenestore.storage import (
-    align_chunks,
-    band_names,
-    check_grid,
-    clear_staging,
-    create_scene,
-    fingerprint,
-    fit_encodings,
-    open_scene,
-    prepare_staging,
-    promote_staged,
-    write_bands,
-)
-
-if TYPE_CHECKING:
-    from scenestore.objstore.scenes import ObjectScenes
+from scenestore.errors import InvalidRequestError, StoreRequiredError
+from scenestore.store import SceneStore, open_store
+from scenestore.store.arrays import align_chunks, band_names, fit_encodings
+from scenestore.store.scenes import LOCK_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
 SceneItem = TypeVar("SceneItem")
-
-#: Bands of one scene written at once (each streams its own chunks with dask).
-BANDS_IN_FLIGHT = 4
-
-#: Seconds a writer waits for another writer of the same scene before giving up.
-LOCK_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -114,15 +82,12 @@ class StoreManager(ABC, Generic[SceneItem]):
         if len(set(bands)) != len(bands):
             raise InvalidRequestError(f"Band list {bands!r} repeats a band; expected each once.")
         self.bands = bands
-        #: The object-storage backend when ``store`` is a URL (None for a local store).
-        self.objects: ObjectScenes | None = None
-        if is_object_url(store):
-            from scenestore.objstore.scenes import ObjectScenes
-
-            self.objects = ObjectScenes(str(store))
-            self.store: Path | str | None = str(store)
-        else:
-            self.store = Path(store) if isinstance(store, str) else store
+        #: The store as given (a ``str`` path becomes a ``Path``; URLs stay strings).
+        self.store: Path | str | None = (
+            None if store is None else Path(store) if _is_path(store) else str(store)
+        )
+        #: The scenes of the store, on whichever backend its location names (None: no store).
+        self.scenes: SceneStore | None = None if self.store is None else open_store(self.store)
 
     # -- what a subclass supplies -------------------------------------------------------------
 
@@ -142,26 +107,17 @@ class StoreManager(ABC, Generic[SceneItem]):
 
     def exists(self, identifier: str) -> bool:
         """Return whether ``<store>/<identifier>.zarr`` exists (False without a store)."""
-        if self.store is None:
-            return False
-        if self.objects is not None:
-            return self.objects.exists(identifier)
-        return scene_path(self.store, identifier).exists()
+        return self.scenes is not None and self.scenes.exists(identifier)
 
     def missing_bands(self, identifier: str) -> list[str]:
         """Return the bands of ``self.bands`` the stored scene lacks (all without a store).
 
-        Reads the commit records (one directory listing and a few hundred bytes per band);
-        never opens the dataset. A garbage record counts as missing, so the band is fetched
-        again. On an object store it is one LIST of the records (a record there is one PUT,
-        whole or absent; ``verify`` finds one damaged from outside).
+        Reads the commit records (one listing and a few hundred bytes per band); never opens
+        the dataset. A garbage record counts as missing, so the band is fetched again.
         """
-        if self.store is None:
+        if self.scenes is None:
             return list(self.bands)
-        if self.objects is not None:
-            present = self.objects.committed_bands(identifier)
-        else:
-            present, _damaged = valid_committed_bands(checked_scene(self.store, identifier))
+        present = self.scenes.committed_bands(identifier)
         return [b for b in self.bands if b not in present]
 
     def complete(self, identifier: str) -> bool:
@@ -182,13 +138,13 @@ class StoreManager(ABC, Generic[SceneItem]):
         Raises:
             StoreRequiredError: If the manager has no store.
         """
-        store = self._require_store("download_and_store")
+        scenes = self._require_store("download_and_store")
         started = time.perf_counter()
         identifier = self.identifier(item)
         if not self.missing_bands(identifier):
             logger.debug("Scene %s is complete; nothing to download", identifier)
             return IngestResult(identifier, skipped=True, seconds=time.perf_counter() - started)
-        with self._lock(store, identifier):
+        with scenes.lock(identifier, timeout_s=LOCK_TIMEOUT_S):
             # Another writer may have stored bands while we waited for the lock.
             missing = self.missing_bands(identifier)
             if not missing:
@@ -216,10 +172,10 @@ class StoreManager(ABC, Generic[SceneItem]):
             store after saving (the original returned only the newly downloaded bands).
         """
         identifier = self.identifier(item)
-        if self.store is None:
+        if self.scenes is None:
             return self.download_scene_from_source(item, list(self.bands))
         if force:
-            with self._lock(self.store, identifier):
+            with self.scenes.lock(identifier, timeout_s=LOCK_TIMEOUT_S):
                 self._save(self.download_scene_from_source(item, list(self.bands)), identifier)
         elif self.missing_bands(identifier):
             self.ingest(item)
@@ -279,8 +235,8 @@ class StoreManager(ABC, Generic[SceneItem]):
             CoordinateMismatchError: If the grid differs from the stored scene's; the store is
                 left unchanged.
         """
-        store = self._require_store("save_to_store")
-        with self._lock(store, identifier):
+        scenes = self._require_store("save_to_store")
+        with scenes.lock(identifier, timeout_s=LOCK_TIMEOUT_S):
             self._save(dataset, identifier)
 
     def translate_error(self, err: Exception, identifier: str) -> Exception:
@@ -296,29 +252,15 @@ class StoreManager(ABC, Generic[SceneItem]):
 
     def stored_bytes(self, identifier: str, bands: list[str]) -> int:
         """Return the bytes the given stored band arrays occupy (0 without a store)."""
-        if self.store is None:
-            return 0
-        if self.objects is not None:
-            return self.objects.stored_bytes(identifier, bands)
-        from scenestore.storage import array_bytes
-
-        scene = checked_scene(self.store, identifier, entries=bands)
-        return sum(array_bytes(scene, b) for b in bands)
+        return 0 if self.scenes is None else self.scenes.stored_bytes(identifier, bands)
 
     def _open(self, identifier: str, *, eager: bool = False, verify: bool = False) -> xr.Dataset:
-        store = self._require_store("open")
-        if self.objects is not None:
-            return self.objects.open(identifier, list(self.bands), eager=eager, verify=verify)
-        return open_scene(
-            checked_scene(store, identifier, entries=self.bands),
-            list(self.bands),
-            eager=eager,
-            verify=verify,
-        )
+        scenes = self._require_store("open")
+        return scenes.open(identifier, list(self.bands), eager=eager, verify=verify)
 
     def _save(self, dataset: xr.Dataset, identifier: str) -> int:
         """Write and commit the bands of ``dataset``; the caller holds the scene lock."""
-        store = self._require_store("save_to_store")
+        scenes = self._require_store("save_to_store")
         bands = band_names(dataset)
         if not bands:
             raise InvalidRequestError(
@@ -326,175 +268,38 @@ class StoreManager(ABC, Generic[SceneItem]):
             )
         encodings = fit_encodings(self.encodings(bands), dataset)
         dataset = align_chunks(dataset, encodings)
-        if self.objects is not None:
-            return self.objects.save(self, dataset, identifier, encodings)
-        # A linked scene, _commits or band is refused: a write never goes through a link.
-        scene = checked_scene(store, identifier, entries=bands)
-        self._ensure_store_dir(store)
-        present, _damaged = valid_committed_bands(scene)
-        if present:
-            check_grid(scene, dataset, identifier=identifier)
-        try:
-            if not present:
-                # New scene, or leftovers of a writer killed before its first commit.
-                create_scene(scene, dataset)
-            clear_staging(scene)
-            prepare_staging(scene)
-            try:
-                written = self.write_each_band(
-                    bands,
-                    lambda band: self._write_band(scene, dataset, band, encodings[band]),
-                    identifier=identifier,
-                )
-            finally:
-                clear_staging(scene)
-        except Exception as err:
-            if not present:
-                self._drop_empty_scene(store, scene)
-            # Disk full or read-only is this machine's failure: not the source's, not retried.
-            local = store_io_error(err, scene)
-            if local is not None and local is not err:
-                raise local from err
-            raise
-        logger.info("Stored %s bands %s (%d bytes)", identifier, bands, written)
-        return written
-
-    @staticmethod
-    def _drop_empty_scene(store: Path, scene: Path) -> None:
-        """Remove a scene group this failed run created and no band was committed to.
-
-        Without this a failed download leaves an empty group that ``ls`` lists. The caller
-        holds the scene lock, so no other writer can be committing to it.
-        """
-        try:
-            if scene.is_dir() and not valid_committed_bands(scene)[0]:
-                remove_tree_inside(store, scene)
-        except OSError as err:  # the run's own error matters more than the leftover
-            logger.warning("Could not remove the empty scene group %s: %s", scene, err)
-
-    def write_each_band(
-        self, bands: list[str], write: Callable[[str], int], *, identifier: str
-    ) -> int:
-        """Write and commit each band on its own, :data:`BANDS_IN_FLIGHT` at a time.
-
-        A failed read costs only its band: the other bands still finish and commit, so a retry
-        fetches what is still missing, not the whole scene.
-
-        Args:
-            bands: Bands to write.
-            write: Writes and commits one band; returns its bytes.
-            identifier: The scene, for error messages.
-
-        Returns:
-            Bytes written over all bands.
-
-        Raises:
-            ScenestoreError: The first band's failure, source failures translated by
-                :meth:`translate_error` (lazy datasets fetch while writing, so they surface
-                here).
-        """
-        written, errors = 0, []
-        with ThreadPoolExecutor(
-            max_workers=min(len(bands), BANDS_IN_FLIGHT), thread_name_prefix="band"
-        ) as pool:
-            for future in [pool.submit(write, band) for band in bands]:
-                try:
-                    written += future.result()
-                except Exception as err:  # collected: the other bands still finish and commit
-                    errors.append(err)
-        if errors:
-            err = errors[0]
-            if isinstance(err, ScenestoreError):
-                raise err
-            # Disk full or read-only is this machine's failure: not the source's, not retried.
-            local = store_io_error(err, self.store)
-            if local is not None:
-                raise local from err
-            raise self.translate_error(err, identifier) from err
-        return written
-
-    def _write_band(self, scene: Path, dataset: xr.Dataset, band: str, enc: dict) -> int:
-        """Stage, fingerprint, promote and commit one band; return its bytes on disk."""
-        staged = write_bands(scene, dataset[[band]], {band: enc})
-        # Fingerprint the staged copy: promotion is a rename, the bytes do not change.
-        print_ = fingerprint(staged)
-        drop_commit(scene, band)
-        promote_staged(scene, band)
-        shape = tuple(int(n) for n in dataset[band].shape)
-        write_commit(
-            scene,
-            CommitRecord(
-                band=band,
-                shape=shape,
-                chunks=tuple(int(c) for c in enc.get("chunks", shape)),
-                dtype=str(enc.get("dtype", dataset[band].dtype)),
-                source=dataset[band].attrs.get("source"),
-                chunk_count=print_.chunk_count,
-                nbytes=print_.nbytes,
-                checksum=print_.checksum,
-            ),
+        return scenes.save(
+            dataset,
+            identifier,
+            encodings,
+            translate=lambda err: self.translate_error(err, identifier),
         )
-        return print_.nbytes
 
     def check_writable(self) -> Path | str:
         """Check, before any download, that the store can be created and written to.
 
         Raises:
             StoreRequiredError: If the manager has no store.
-            StoreError: If the store path is a file or not writable.
+            StoreError: If the store is a file, not writable, or its bucket is missing.
         """
-        store = self._require_store("check_writable")
-        if self.objects is not None:
-            return self.objects.check_writable()
-        self._ensure_store_dir(store)
-        probe = inside_store(store, store / LOCKS_DIR)
-        try:
-            probe.mkdir(exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=probe, prefix=".probe-"):
-                pass
-        except OSError as err:
-            raise StoreError(
-                f"Store {str(store)!r} is not writable ({err.strerror}); expected a directory "
-                "this user can write to."
-            ) from err
-        return store
+        scenes = self._require_store("check_writable")
+        scenes.client.check_writable()
+        return self.store if self.store is not None else str(scenes)
 
-    def _require_store(self, operation: str) -> Any:
-        if self.store is None:
+    def _require_store(self, operation: str) -> SceneStore:
+        if self.scenes is None:
             raise StoreRequiredError(
                 f"{operation} needs a store, but this {type(self).__name__} was created with "
                 "store=None; expected a directory, e.g. store='./scenes'."
             )
-        return self.store
+        return self.scenes
 
-    @staticmethod
-    def _ensure_store_dir(store: Path) -> None:
-        if store.exists() and not store.is_dir():
-            raise StoreError(
-                f"Store path {str(store)!r} is a file; expected a directory (or a path to create)."
-            )
-        try:
-            store.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StoreError(
-                f"Cannot create the store directory {str(store)!r}: {err.strerror}; expected a "
-                "writable location."
-            ) from err
 
-    def _lock(self, store: Path, identifier: str) -> FileLock | AbstractContextManager[Any]:
-        if self.objects is not None:
-            return self.objects.lock(identifier, timeout_s=LOCK_TIMEOUT_S)
-        self._ensure_store_dir(store)
-        # filelock opens the lock with O_TRUNC: a linked .locks or lock file is refused.
-        path = inside_store(store, lock_path(store, identifier))
-        try:
-            path.parent.mkdir(exist_ok=True)
-        except OSError as err:
-            raise StoreError(
-                f"Cannot write to the store {str(store)!r}: {err.strerror}; expected a writable "
-                "directory."
-            ) from err
-        return FileLock(path, timeout=LOCK_TIMEOUT_S)
+def _is_path(store: object) -> bool:
+    """A ``Path``, or a string that names no URL scheme scenestore knows."""
+    from scenestore.store import store_location
+
+    return isinstance(store, Path) or isinstance(store_location(str(store)), Path)
 
 
 __all__ = ["IngestResult", "SceneItem", "StoreManager"]

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from scenestore.bands import ALL_BANDS
 from scenestore.errors import InvalidRequestError, ItemError
 from scenestore.hrefs import PLANETARY_COMPUTER_SIGNING, HrefSigning, S3Access
+from scenestore.tiles import normalize_tile, tile_of
 
 #: Earth Search v1 asset keys (both collections): lowercase common names. The ``-jp2`` twins of
 #: ``sentinel-2-l2a`` (requester-pays JPEG 2000 on ``s3://sentinel-s2-l2a``) are never used.
@@ -227,39 +228,6 @@ def require_utm(item_id: str, epsg: int) -> int:
             "327xx) as every Sentinel-2 tile is."
         )
     return epsg
-
-
-_TILE_RE = re.compile(r"^T?(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})$")
-
-
-def normalize_tile(tile: str) -> str:
-    """Return an MGRS tile id as ``33UUP`` (zone without leading zero, upper case).
-
-    Raises:
-        InvalidRequestError: If the text is not an MGRS 100 km tile id.
-    """
-    m = _TILE_RE.match(str(tile).strip().upper())
-    if not m or not 1 <= int(m.group(1)) <= 60:
-        raise InvalidRequestError(
-            f"Invalid MGRS tile {tile!r}; expected a zone 1-60, a latitude band and two letters, "
-            "e.g. '33UUP'."
-        )
-    return f"{int(m.group(1))}{m.group(2)}{m.group(3)}"
-
-
-def tile_of(item: Mapping[str, Any]) -> str | None:
-    """Return the MGRS tile of an item from whichever property the provider uses."""
-    props = item.get("properties", {})
-    code = props.get("grid:code")
-    if isinstance(code, str) and code.startswith("MGRS-"):
-        return normalize_tile(code[5:])
-    if props.get("s2:mgrs_tile"):
-        return normalize_tile(props["s2:mgrs_tile"])
-    if props.get("mgrs:utm_zone") and props.get("mgrs:latitude_band"):
-        zone, band = props["mgrs:utm_zone"], props["mgrs:latitude_band"]
-        return normalize_tile(f"{zone}{band}{props.get('mgrs:grid_square', '')}")
-    m = re.search(r"_T?(\d{1,2}[C-HJ-NP-X][A-HJ-NP-Z]{2})_", str(item.get("id", "")))
-    return normalize_tile(m.group(1)) if m else None
 
 
 _BASELINE_TEXT_RE = re.compile(r"^N?(\d{1,2})\.?(\d{2})$")

@@ -7,9 +7,10 @@ sends what the API supports and filters the rest on the client, because servers 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: Items per page asked of the STAC API.
 PAGE_SIZE = 100
+#: The keys of :meth:`SceneQuery.to_json`.
+_QUERY_FIELDS = ("geometry", "start", "end", "max_cloud", "tiles")
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,69 @@ class SceneQuery:
     @property
     def bbox(self) -> BBox:
         """The AOI's bounding box (W, S, E, N)."""
-        return tuple(shape(self.geometry).bounds)  # type: ignore[return-value]
+        west, south, east, north = shape(self.geometry).bounds
+        return (west, south, east, north)
 
     @property
     def datetime_range(self) -> str:
         """The date range as a STAC ``datetime`` interval covering both days whole."""
         return f"{self.start.isoformat()}T00:00:00Z/{self.end.isoformat()}T23:59:59.999Z"
+
+    def to_json(self) -> str:
+        """Canonical JSON of the query: equal queries give equal text in any process.
+
+        This text, not the Python object, is what a search cache hashes (the Prefect flows'
+        ``search-scenes`` task is cached by it): sorted keys, no whitespace, tiles as a sorted
+        list (never a set, whose order varies between processes), no NaN.
+        """
+        return json.dumps(
+            {
+                "geometry": self.geometry,
+                "start": self.start.isoformat(),
+                "end": self.end.isoformat(),
+                "max_cloud": self.max_cloud,
+                "tiles": sorted(self.tiles),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+            allow_nan=False,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> SceneQuery:
+        """Rebuild the query :meth:`to_json` rendered, validated again by :func:`build_query`.
+
+        ``SceneQuery.from_json(q.to_json()) == q`` for every query ``q``.
+
+        Args:
+            text: JSON with ``geometry``, ``start``, ``end``, ``max_cloud`` and ``tiles``.
+
+        Raises:
+            InvalidRequestError: If ``text`` is not such JSON, or a value in it is invalid.
+        """
+        try:
+            data = json.loads(text)
+            fields = {name: data[name] for name in _QUERY_FIELDS}
+        except (TypeError, ValueError, KeyError) as err:
+            raise InvalidRequestError(
+                f"Invalid scene query JSON {str(text)[:80]!r} ({err}); expected the text "
+                "SceneQuery.to_json() renders, with geometry, start, end, max_cloud and tiles."
+            ) from err
+        query = build_query(
+            start=fields["start"],
+            end=fields["end"],
+            aoi=fields["geometry"],
+            max_cloud=fields["max_cloud"],
+            tiles=fields["tiles"],
+        )
+        # Normalising a geometry twice can reorder its parts (the union of an antimeridian
+        # box's two halves), so the geometry as written is kept when it is the same shape.
+        written = fields["geometry"]
+        if isinstance(written, dict) and written.get("type") == query.geometry["type"]:
+            as_written = mapping(shape(written))  # accepted by build_query: a valid geometry
+            if as_written != query.geometry and shape(as_written).equals(shape(query.geometry)):
+                return replace(query, geometry=as_written)
+        return query
 
 
 def build_query(

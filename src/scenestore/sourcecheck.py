@@ -34,12 +34,14 @@ class GridHeader:
     dtype: str | None
 
 
-def expected_header(asset: Mapping[str, Any], epsg: int, dtype: str | None) -> GridHeader:
+def expected_header(
+    asset: Mapping[str, Any], epsg: int | None, dtype: str | None
+) -> GridHeader:
     """What the item says one asset's COG holds.
 
     Args:
         asset: The asset's dict (``proj:shape``, ``proj:transform``, ``raster:bands``).
-        epsg: The scene's EPSG code (from ``proj:epsg``/``proj:code``).
+        epsg: The scene's EPSG code (from ``proj:epsg``/``proj:code``), or None if unknown.
         dtype: The data type to expect when the asset has no ``raster:bands`` data type.
     """
     shape = asset.get("proj:shape")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pystac
 import shapely.geometry
@@ -30,13 +31,16 @@ from scenestore.gdal import clear_http_cache, configure_gdal
 from scenestore.grid import coarsen, plan_reads, scene_geobox, upsample
 from scenestore.hrefs import S3Access, configure_s3, forget_s3_reads, s3_buckets, signed_href
 from scenestore.ids import validate_identifier
-from scenestore.layout import choose_chunk
 from scenestore.manager import IngestResult, StoreManager
 from scenestore.profiles import Profile, get_profile, require_utm
 from scenestore.redact import install_log_redaction, redact, strip_query
 from scenestore.reflectance import reflectance_of
 from scenestore.search import api_error, malformed, open_client, unreachable
-from scenestore.storage import FOOTPRINT_COVERAGE, json_safe
+from scenestore.store.arrays import FOOTPRINT_COVERAGE, json_safe
+from scenestore.store.layout import choose_chunk
+
+if TYPE_CHECKING:
+    from odc.geo.crs import CRS
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +252,8 @@ class StacStoreManager(StoreManager[pystac.Item]):
         # Before any pixel is read: odc-stac trusts the item's grid and would warp a COG of
         # another size or CRS onto it, committing nodata. The header read here is what
         # GDAL's /vsicurl/ cache then serves to odc-stac's own open of the same file.
-        self.check_sources(stac_item, keys, readable, geobox.crs.epsg)
+        # scene_geobox always gives the grid a CRS; odc-geo types GeoBox.crs as optional.
+        self.check_sources(stac_item, keys, readable, cast("CRS", geobox.crs).epsg)
         import odc.stac
 
         def load(group: dict[str, str], grid: GeoBox, edge: int) -> xr.Dataset:
@@ -435,7 +440,8 @@ def footprint_coverage(item: pystac.Item, geobox: GeoBox) -> float | None:
         from scenestore.aoi import split_antimeridian
 
         lonlat = split_antimeridian(shapely.geometry.shape(item.geometry))
-        footprint = Geometry(lonlat, "EPSG:4326").to_crs(geobox.crs)
+        # A scene grid has a CRS (scene_geobox); odc-geo types GeoBox.crs as optional.
+        footprint = Geometry(lonlat, "EPSG:4326").to_crs(cast("CRS", geobox.crs))
         extent = geobox.extent
         return float(footprint.intersection(extent).area / extent.area)
     except Exception as err:  # a footprint that cannot be projected: skip the rule, say so

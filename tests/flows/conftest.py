@@ -82,7 +82,7 @@ def faults(world: Any) -> Iterator[Callable[..., Any]]:
     import odc.stac
 
     from scenestore.gdal import COG_OPTIONS, configure_gdal
-    from scenestore.world.faults import FaultPlan
+    from scenestore_world.faults import FaultPlan
 
     def apply(item: Any, count: int) -> Any:
         plan = FaultPlan(status_503=1.0, path_glob=f"{item.id}/*", max_faults=count)

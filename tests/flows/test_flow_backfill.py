@@ -14,8 +14,8 @@ from flows.params import IngestRequest, RunOptions
 from flows.windows import DateWindow
 from prefect.utilities.schema_tools.validation import is_valid
 
-from scenestore.layout import scene_path
 from scenestore.stac import StacStoreManager
+from scenestore.store.layout import scene_path
 
 pytestmark = pytest.mark.usefixtures("prefect_results")
 

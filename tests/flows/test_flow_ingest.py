@@ -15,11 +15,10 @@ import pytest
 from flow_helpers import BANDS, artifacts, flow_logs, requests_by_scene, task_runs
 from flows.ingest import ingest, ingest_scene
 
-from scenestore.commit import drop_commit
 from scenestore.gdal import clear_http_cache
-from scenestore.layout import scene_path
 from scenestore.stac import StacStoreManager
-from scenestore.storage import remove_arrays
+from scenestore.store import open_store
+from scenestore.store.layout import band_key, scene_path
 
 pytestmark = pytest.mark.usefixtures("prefect_results")
 
@@ -77,8 +76,9 @@ def test_a_deleted_scene_or_band_is_downloaded_again(world, http, ingest_params,
     mgr = manager(store, world)
     gone_scene, lost_band = (mgr.identifier(world.items[i]) for i in (0, 2))
     shutil.rmtree(scene_path(store, gone_scene))
-    drop_commit(scene_path(store, lost_band), "SCL")  # the store's own deletion order
-    remove_arrays(scene_path(store, lost_band), ["SCL"])
+    scenes = open_store(store)
+    scenes.drop_commit(lost_band, "SCL")  # the store's own deletion order: record, then array
+    scenes.client.delete_prefix(band_key(lost_band, "SCL"))
     clear_http_cache()  # as in a new process: GDAL would serve the bytes it read before
     http.reset_stats()
 
@@ -218,7 +218,7 @@ def test_ingest_runs_scenes_on_an_existing_dask_cluster_into_s3(world, ingest_pa
     scenes run on the workers (the pixels too) and land in the one shared object store."""
     distributed = pytest.importorskip("distributed")
     from dask_cluster import DaskCluster
-    from scenestore.objstore.catalog import verify_scene
+    from scenestore.store.verify import verify_scene
 
     with DaskCluster(workers=2, env=s3_server.env()) as cluster, \
             distributed.Client(cluster.address) as client, \
@@ -233,7 +233,7 @@ def test_ingest_runs_scenes_on_an_existing_dask_cluster_into_s3(world, ingest_pa
     assert state.result()["stored"] == 4
     mgr = manager(s3_store, world)
     assert all(mgr.complete(mgr.identifier(item)) for item in world.items)
-    assert all(verify_scene(mgr.objects, mgr.identifier(item)) == [] for item in world.items)
+    assert all(verify_scene(mgr.scenes, mgr.identifier(item)) == [] for item in world.items)
     ran_on = [t["worker"] for t in stream.data if str(t["key"]).startswith("store_scene-")]
     assert len(ran_on) == 4 and set(ran_on) <= set(workers)
     assert set(workers.values()) == started_here, "the test's own worker processes"

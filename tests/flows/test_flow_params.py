@@ -1,10 +1,8 @@
 """Flow parameters: forms the UI can render, validation with the library's messages,
-canonical cache keys, and the retry decision."""
+the retry defaults and the retry decision (the search cache key is tested in test_pure)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import typing
 from datetime import date
 
@@ -14,12 +12,8 @@ from flows.params import (
     IngestRequest,
     ProfileName,
     RunOptions,
-    query_from_key,
-    query_key,
 )
 from flows.tasks import is_transient
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from scenestore.bands import ALL_BANDS
 from scenestore.errors import (
@@ -108,39 +102,48 @@ def test_run_options_refuse_out_of_range_values():
         RunOptions(max_in_flight=0)
 
 
-coordinate = st.floats(-170, 170, allow_nan=False).map(lambda v: round(v, 6))
+def test_retry_defaults_are_the_library_s_everywhere():
+    """The CLI, the library and every retrying flow task share scenestore.network's defaults."""
+    import inspect
 
+    from prefect.tasks import exponential_backoff
 
-@settings(deadline=None)
-@given(
-    w=coordinate, s=st.floats(-80, 80).map(lambda v: round(v, 6)),
-    size=st.floats(0.001, 5), days=st.integers(0, 400),
-    cloud=st.none() | st.floats(0, 100), tiles=st.lists(st.sampled_from(["33UUP", "39QTA"])),
-)
-def test_query_key_round_trips_and_is_canonical(w, s, size, days, cloud, tiles):
-    start = date(2024, 1, 1)
-    query = build_query(start=start, end=date.fromordinal(start.toordinal() + days),
-                        bbox=(w, s, w + size, s + size), max_cloud=cloud, tiles=tiles)
-    key = query_key(query)
-    assert query_from_key(key) == query
-    assert query_key(query_from_key(key)) == key
-    # Tile order and repeats do not change the key.
-    same = build_query(start=query.start, end=query.end, bbox=(w, s, w + size, s + size),
-                       max_cloud=cloud, tiles=list(reversed(tiles)) * 2)
-    assert query_key(same) == key
+    from flows import tasks
+    from scenestore import cli, ingest, network
 
-
-def test_query_key_is_the_same_in_another_process():
-    query = build_query(start="2024-06-01", end="2024-06-30", bbox=(10, 50, 11, 51),
-                        tiles=["39QTA", "33UUP", "13TDE"])
-    code = (
-        "from flows.params import query_key; from scenestore.search import build_query;"
-        "print(query_key(build_query(start='2024-06-01', end='2024-06-30', bbox=(10, 50, 11, 51),"
-        " tiles=['13TDE', '39QTA', '33UUP'])))"
+    defaults = (network.DEFAULT_RETRIES, network.DEFAULT_BACKOFF_S, network.DEFAULT_JITTER)
+    options = RunOptions()
+    assert (options.retries, options.retry_backoff_seconds, options.retry_jitter_factor) == defaults
+    delays = exponential_backoff(backoff_factor=network.DEFAULT_BACKOFF_S)(network.DEFAULT_RETRIES)
+    retrying = [tasks.search, tasks.download_scene, tasks.save_scene, tasks.store_scene]
+    for task in retrying:
+        assert task.retries == network.DEFAULT_RETRIES, task.name
+        assert task.retry_delay_seconds == delays, task.name
+        assert task.retry_jitter_factor == network.DEFAULT_JITTER, task.name
+        assert task.retry_condition_fn is tasks.retry_if_transient, task.name
+    assert delays[0] == network.DEFAULT_BACKOFF_S
+    library = inspect.signature(ingest.ingest_items).parameters
+    assert library["retries"].default == network.DEFAULT_RETRIES
+    assert library["backoff_s"].default == network.DEFAULT_BACKOFF_S
+    assert inspect.signature(cli.ingest).parameters["retries"].default == network.DEFAULT_RETRIES
+    assert inspect.signature(network.transient_retrying).parameters["retries"].default == (
+        network.DEFAULT_RETRIES
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "12345", "PATH": "", "PYTHONPATH": "."})
-    assert out.stdout.strip() == query_key(query)
+
+
+def test_check_scenes_task_is_the_library_plan(tmp_path):
+    from flows.params import make_store_spec
+    from flows.tasks import check_scenes
+
+    from scenestore.plan import plan_ingest
+
+    spec = make_store_spec(str(tmp_path / "store"), ["B04", "B02"])
+    docs = [{"id": "S2A_33UUP_20240601_0_L2A"}, {"id": "../x"}]  # dicts are never parsed
+    plans = check_scenes.fn(docs, spec)
+    assert plans == plan_ingest(spec.manager(), docs)
+    assert [(p.identifier, p.missing) for p in plans] == [
+        ("es-l2a_S2A_33UUP_20240601_0_L2A", ("B02", "B04")), (None, ())
+    ]
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,10 @@ from flow_helpers import artifacts, task_runs
 from flows.ingest import ingest
 from flows.quicklooks import MAX_EMBEDDED, RenderedQuicklook, quicklook_markdown
 
-from scenestore.quicklook import quicklook_path
-from scenestore.removal import remove_scene
+from scenestore.store import open_store
+from scenestore.store.layout import quicklook_key
+from scenestore.store.quicklook import quicklook_path
+from scenestore.store.removal import remove_scene
 
 pytestmark = pytest.mark.usefixtures("prefect_results")
 
@@ -45,7 +47,7 @@ def test_every_stored_scene_gets_a_quicklook_in_the_artifact(world, ingest_param
     assert again.is_completed() and "No scene was stored in this run." in markdown_of(again)
 
     gone = sorted(identifiers)[0]
-    remove_scene(store, gone)
+    remove_scene(open_store(store), gone)
     assert not quicklook_path(store, gone).exists(), "rm takes the scene's quicklook along"
 
     def disk_full(*args, **kwargs):
@@ -59,9 +61,6 @@ def test_every_stored_scene_gets_a_quicklook_in_the_artifact(world, ingest_param
 
 
 def test_quicklooks_of_an_s3_store_are_objects_in_it_and_embedded(world, ingest_params, s3_store):
-    from scenestore.objstore import ObjectScenes
-    from scenestore.objstore.location import quicklook_key
-
     item = world.items[1]
     west, south, east, north = item.bbox
     params = {**ingest_params, "store": s3_store, "bands": ["B02", "B03", "B04"],
@@ -73,10 +72,10 @@ def test_quicklooks_of_an_s3_store_are_objects_in_it_and_embedded(world, ingest_
     images = {m["alt"].split()[0]: base64.b64decode(m["data"]) for m in IMAGE.finditer(text)}
     ident = f"es-l2a_{item.id}"
     assert ident in images and "No quicklook" not in text
-    scenes = ObjectScenes(s3_store)
+    scenes = open_store(s3_store)
     for name, png in images.items():
         stored = scenes.client.get(quicklook_key(name))
-        assert stored is not None and png.startswith(b"\x89PNG") and png == stored[0]
+        assert stored is not None and png.startswith(b"\x89PNG") and png == stored
         assert f"File: `{s3_store}/.quicklooks/{name}.png`" in text
 
 

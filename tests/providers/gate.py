@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from scenestore.world.http import RangeFileServer, _FileHandler
-from scenestore.world.traffic import Controls
+from scenestore_world.http import RangeFileServer, _FileHandler
+from scenestore_world.traffic import Controls
 
 _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/")
 

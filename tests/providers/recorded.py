@@ -22,8 +22,8 @@ import yaml
 
 from scenestore.bands import ALL_BANDS
 from scenestore.profiles import Profile, parse_time
-from scenestore.world.cogs import write_scene
-from scenestore.world.scenes import SceneSpec
+from scenestore_world.cogs import write_scene
+from scenestore_world.scenes import SceneSpec
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from scenestore.world.remote import stop_process
-from scenestore.world.server import free_port, rustac_executable, search_all
+from scenestore_world.remote import stop_process
+from scenestore_world.server import free_port, rustac_executable, search_all
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 TESTS = Path(__file__).resolve().parents[1]

@@ -1,0 +1,311 @@
+"""True-colour quicklooks of stored scenes: small RGBA PNGs from B04, B03 and B02.
+
+A quicklook is made from a decimated read: every ``step``-th pixel of each band, taken chunk
+by chunk (two chunks at a time), so memory holds the small result and a few decoded
+chunks, never a band at full resolution. Digital numbers become reflectance with each band's
+stored ``scale`` and ``offset``; one linear stretch from the 2nd to the 98th percentile maps
+them to 0-255: one stretch for all three bands, so the colour balance stays; taken over the
+cloud-free pixels when SCL is stored, so clouds saturate rather than darken the ground; at
+least 0.1 reflectance wide, so a flat scene does not show its noise as colour. Nodata (DN 0
+in any of the three bands) is transparent. PNGs are written with rasterio's PNG driver.
+
+The pure parts (:func:`decimation_step`, :func:`stretch_rgba`) are separate from the reads
+(:func:`render_bands` on any zarr arrays; :func:`render_quicklook` on a store, every chunk
+checked as it is read) and the writing (:func:`png_bytes`; :func:`save_quicklook` keeps it in the
+store at ``.quicklooks/<identifier>.png``, :func:`write_quicklook` writes a local file).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scenestore.errors import IncompleteSceneError, InvalidRequestError, UnsafePathError
+from scenestore.store.inventory import scene_info
+from scenestore.store.layout import QUICKLOOKS_DIR, quicklook_key
+from scenestore.store.scenes import SceneStore
+
+#: Bands of a true-colour image, as red, green, blue.
+RGB_BANDS = ("B04", "B03", "B02")
+#: Longest edge of a quicklook in pixels unless asked otherwise.
+DEFAULT_MAX_SIZE = 512
+#: Chunks decoded at once while reading a quicklook (bounds its memory).
+QUICKLOOK_WORKERS = 2
+#: Percentiles of the valid reflectances mapped to 0 and 255.
+STRETCH_PERCENTILES = (2.0, 98.0)
+#: Smallest reflectance span stretched to 0-255 (keeps flat scenes from showing noise).
+MIN_STRETCH_RANGE = 0.1
+#: SCL classes left out of the stretch when SCL is stored: cloud shadow, medium and high
+#: probability cloud, thin cirrus (and saturated/defective, nodata).
+NOT_GROUND = (0, 1, 3, 8, 9, 10)
+#: Smallest share of clear valid pixels for which the stretch is taken over clear pixels only.
+MIN_CLEAR_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class Quicklook:
+    """A rendered quicklook.
+
+    Attributes:
+        identifier: Scene identifier.
+        rgba: Image as (rows, columns, 4) uint8; alpha 0 where nodata.
+        step: Every ``step``-th pixel of the 10 m grid was read, in each direction.
+        stretch: The reflectances mapped to 0 and 255.
+    """
+
+    identifier: str
+    rgba: np.ndarray
+    step: int
+    stretch: tuple[float, float]
+
+
+def quicklook_path(store: Path, identifier: str) -> Path:
+    """``<store>/.quicklooks/<identifier>.png`` of a local store (identifier validated)."""
+    return Path(store) / quicklook_key(identifier)
+
+
+def decimation_step(shape: Sequence[int], max_size: int) -> int:
+    """The smallest step that brings the longest edge of ``shape`` to ``max_size`` or less.
+
+    Raises:
+        InvalidRequestError: If ``max_size`` is below 1.
+    """
+    check_size(max_size)
+    return max(1, math.ceil(max(shape) / max_size))
+
+
+def check_size(max_size: int) -> int:
+    """Return ``max_size`` if it is a usable quicklook edge length.
+
+    Raises:
+        InvalidRequestError: If it is below 1.
+    """
+    if max_size < 1:
+        raise InvalidRequestError(
+            f"Quicklook size {max_size} is below 1; expected the longest edge in pixels, e.g. 512."
+        )
+    return max_size
+
+
+def stretch_rgba(
+    reflectance: np.ndarray,
+    valid: np.ndarray,
+    percentiles: tuple[float, float] = STRETCH_PERCENTILES,
+    *,
+    basis: np.ndarray | None = None,
+    min_range: float = MIN_STRETCH_RANGE,
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Map (3, rows, columns) reflectances to an RGBA image with one linear stretch.
+
+    Args:
+        reflectance: Red, green and blue reflectance.
+        valid: (rows, columns) True where all three bands hold data (opaque pixels).
+        percentiles: Percentiles of the ``basis`` values mapped to 0 and 255.
+        basis: Pixels the percentiles are taken over (default: ``valid``), e.g. the
+            cloud-free ones, so clouds saturate instead of darkening the ground.
+        min_range: Smallest reflectance span stretched to 0-255.
+
+    Returns:
+        The (rows, columns, 4) uint8 image and the reflectances mapped to 0 and 255.
+    """
+    values = reflectance[:, valid if basis is None else basis & valid]
+    if values.size == 0:
+        return np.zeros((*valid.shape, 4), dtype=np.uint8), (0.0, 0.0)
+    lo, hi = (float(v) for v in np.percentile(values, percentiles))
+    # A flat scene stretched over its own narrow range would show noise as colour.
+    hi = max(hi, lo + min_range)
+    scaled = np.clip((reflectance - lo) / (hi - lo), 0.0, 1.0) * 255.0
+    rgba = np.empty((*valid.shape, 4), dtype=np.uint8)
+    rgba[..., :3] = np.moveaxis(np.round(scaled), 0, -1).astype(np.uint8)
+    rgba[..., 3] = np.where(valid, 255, 0)
+    rgba[~valid, :3] = 0
+    return rgba, (lo, hi)
+
+
+def render_quicklook(
+    scenes: SceneStore, identifier: str, *, max_size: int = DEFAULT_MAX_SIZE
+) -> Quicklook:
+    """Render a stored scene's true-colour quicklook from a decimated read.
+
+    Raises:
+        SceneNotFoundError: If the scene is not stored.
+        IncompleteSceneError: If B04, B03 or B02 is not committed.
+        InvalidRequestError: If ``max_size`` is below 1.
+        DamagedSceneError: If a chunk read fails its checksum.
+    """
+    check_size(max_size)
+    scene_info(scenes, identifier)  # raises SceneNotFoundError with the usual message
+    committed = scenes.committed_bands(identifier)
+    group = scenes.group(identifier)
+    return render_bands(identifier, lambda band: group[band], committed, max_size=max_size)
+
+
+def save_quicklook(
+    scenes: SceneStore, identifier: str, *, max_size: int = DEFAULT_MAX_SIZE
+) -> tuple[str, bytes]:
+    """Render a scene's quicklook and keep it in the store at ``.quicklooks/<identifier>.png``.
+
+    It is the scene's ``thumbnail`` in ``scenestore catalog`` and goes with ``rm``.
+
+    Returns:
+        Where the PNG is (a path or URL) and its bytes.
+    """
+    png = png_bytes(render_quicklook(scenes, identifier, max_size=max_size).rgba)
+    key = quicklook_key(identifier)
+    scenes.client.put(key, png)
+    return scenes.client.href(key), png
+
+
+def render_bands(
+    identifier: str,
+    open_band: Callable[[str], Any],
+    committed: Collection[str],
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+) -> Quicklook:
+    """Render a quicklook from a scene's band arrays, on any zarr store (local or object).
+
+    Args:
+        identifier: Scene identifier (for messages and the result).
+        open_band: Opens one committed band's zarr array, read-only (no pixels read yet).
+        committed: The scene's committed bands.
+        max_size: Longest edge of the image in pixels.
+
+    Raises:
+        IncompleteSceneError: If B04, B03 or B02 is not committed.
+        InvalidRequestError: If ``max_size`` is below 1.
+    """
+    check_size(max_size)
+    missing = [b for b in RGB_BANDS if b not in committed]
+    if missing:
+        raise IncompleteSceneError(
+            f"Scene {identifier!r} lacks bands {missing} for a true-colour quicklook; stored: "
+            f"{sorted(committed)}. Expected B04, B03 and B02: ingest them first."
+        )
+    arrays = [open_band(band) for band in RGB_BANDS]
+    step = decimation_step(arrays[0].shape, max_size)
+    layers, oks = [], []
+    for array in arrays:
+        dn = _strided(array, step)
+        nodata = array.attrs.get("nodata")
+        nodata = array.fill_value if nodata is None else nodata
+        oks.append(dn != nodata)
+        scale = float(array.attrs.get("scale", 1.0))
+        offset = float(array.attrs.get("offset", 0.0))
+        layers.append(dn.astype(np.float32) * scale + offset)
+    valid = np.logical_and.reduce(oks)  # a pixel is valid where no band is nodata
+    basis = valid
+    if "SCL" in committed:
+        # Stretch for the ground: clouds and shadows would push land into the dark end.
+        clear = ~np.isin(_strided(open_band("SCL"), step), NOT_GROUND)
+        if (valid & clear).sum() >= MIN_CLEAR_FRACTION * max(int(valid.sum()), 1):
+            basis = valid & clear
+    rgba, stretch = stretch_rgba(np.stack(layers), valid, basis=basis)
+    return Quicklook(identifier, rgba, step, stretch)
+
+
+def _strided(array: Any, step: int) -> np.ndarray:
+    """Every ``step``-th pixel of a 2-D zarr array, read one stored chunk per request.
+
+    Each read selects the strided pixels inside one chunk, so zarr decodes that chunk alone;
+    :data:`QUICKLOOK_WORKERS` threads read at once, so memory holds a few decoded chunks and
+    the result, never the band. (A plain ``array[::step, ::step]``, or a dask graph that
+    pushes the slice down into one read, lets zarr decode every chunk of the band at once.)
+    """
+    rows, cols = (int(n) for n in array.shape)
+    chunk_rows, chunk_cols = (int(n) for n in array.chunks)
+    out = np.empty((-(-rows // step), -(-cols // step)), dtype=array.dtype)
+
+    def read(origin: tuple[int, int]) -> None:
+        r0, c0 = origin
+        r1, c1 = min(r0 + chunk_rows, rows), min(c0 + chunk_cols, cols)
+        rs, cs = -(-r0 // step) * step, -(-c0 // step) * step  # first kept pixel in the chunk
+        if rs < r1 and cs < c1:
+            block = array[rs:r1:step, cs:c1:step]
+            top, left = rs // step, cs // step
+            out[top : top + block.shape[0], left : left + block.shape[1]] = block
+
+    origins = [(r, c) for r in range(0, rows, chunk_rows) for c in range(0, cols, chunk_cols)]
+    with ThreadPoolExecutor(max_workers=QUICKLOOK_WORKERS, thread_name_prefix="ql") as pool:
+        list(pool.map(read, origins))
+    return out
+
+
+def png_bytes(rgba: np.ndarray) -> bytes:
+    """Encode an RGBA uint8 image as PNG bytes (rasterio's PNG driver, no sidecar files)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.io import MemoryFile
+
+    rows, cols, _ = rgba.shape
+    with warnings.catch_warnings(), rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with MemoryFile() as memfile:
+            with memfile.open(
+                driver="PNG", width=cols, height=rows, count=4, dtype="uint8"
+            ) as dst:
+                dst.write(np.moveaxis(rgba, -1, 0))
+            return bytes(memfile.read())
+
+
+def write_quicklook(
+    scenes: SceneStore, identifier: str, out: Path, *, max_size: int = DEFAULT_MAX_SIZE
+) -> Quicklook:
+    """Render a quicklook and write it to the local file ``out`` as PNG (atomically).
+
+    Raises:
+        SceneNotFoundError, IncompleteSceneError, InvalidRequestError: See
+            :func:`render_quicklook`.
+        InvalidRequestError: Also if ``out`` cannot be written.
+    """
+    look = render_quicklook(scenes, identifier, max_size=max_size)
+    write_png(out, png_bytes(look.rgba))
+    return look
+
+
+def write_png(out: Path, data: bytes) -> Path:
+    """Write PNG bytes to a local file atomically (mkstemp temp file, rename); return ``out``.
+
+    Args:
+        out: The PNG file (a path the user gave: ``out`` itself must not be a link).
+        data: The PNG bytes.
+
+    Raises:
+        UnsafePathError: If ``out`` is a symlink.
+        InvalidRequestError: If ``out`` cannot be written.
+    """
+    from scenestore.fsafety import atomic_write_inside
+
+    try:
+        return atomic_write_inside(out.parent, out, data)
+    except UnsafePathError:
+        raise
+    except OSError as err:
+        raise InvalidRequestError(
+            f"Cannot write the quicklook {str(out)!r}: {err.strerror}; expected a PNG path in "
+            "a writable directory."
+        ) from err
+
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "QUICKLOOKS_DIR",
+    "RGB_BANDS",
+    "Quicklook",
+    "decimation_step",
+    "png_bytes",
+    "quicklook_path",
+    "render_bands",
+    "render_quicklook",
+    "save_quicklook",
+    "stretch_rgba",
+    "write_png",
+    "write_quicklook",
+]

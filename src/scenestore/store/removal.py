@@ -1,0 +1,250 @@
+"""Removing scenes safely, also while an ingest writes to the same store.
+
+A scene is removed under its writer lock (the one :class:`~scenestore.manager.StoreManager`
+takes), in the order the commit protocol needs:
+
+1. every commit record is withdrawn, so the scene stops counting as present (and complete) at
+   once for every reader: from here on no listing shows a committed band of it, so none can
+   show a committed band whose data is gone;
+2. on a store that can rename (a directory), the scene is moved into ``.trash/`` in one atomic
+   step, so it vanishes from every listing at once, and deleted from there; on one that cannot
+   (an object store), every object but the group's ``zarr.json`` is deleted, then that last;
+3. the scene's quicklook goes with it.
+
+A remover killed mid-way leaves a scene without committed bands (which the next ingest
+replaces, as it does a killed writer's leftovers, and ``rm`` still finds and finishes) or a
+directory in ``.trash`` (which the next removal deletes). A scene whose lock is held is not
+touched: it is reported busy. On a directory nothing is ever followed out of the store
+(:mod:`scenestore.store._local`): a linked scene, ``_commits``, ``.trash`` or ``.quicklooks``
+makes the removal refuse with :class:`~scenestore.errors.UnsafePathError`.
+
+What to remove is picked by pure selectors over the inventory (:func:`select_before`,
+:func:`select_not_in`); :func:`read_keep_list` reads the ``--not-in`` file.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+from scenestore.errors import (
+    InvalidRequestError,
+    LeaseHeldError,
+    SceneBusyError,
+    SceneNotFoundError,
+)
+from scenestore.ids import validate_identifier
+from scenestore.store.inventory import SceneInfo, check_store, scene_info
+from scenestore.store.layout import TRASH_DIR, lock_key, quicklook_key, scene_key
+from scenestore.store.scenes import SceneStore
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What happened to one scene a removal was asked for.
+
+    Attributes:
+        identifier: Scene identifier.
+        size_bytes: Bytes on disk the scene occupied (freed when ``removed``).
+        removed: True once the scene is gone.
+        reason: Why it was not removed (another process holds its lock), else None.
+    """
+
+    identifier: str
+    size_bytes: int
+    removed: bool
+    reason: str | None = None
+
+
+def remove_scene(scenes: SceneStore, identifier: str, *, wait_seconds: float = 0.0) -> int:
+    """Remove one scene under its writer lock; return the bytes it occupied.
+
+    Args:
+        scenes: The store.
+        identifier: The scene to remove.
+        wait_seconds: How long to wait for another writer's lock (0: try once).
+
+    Raises:
+        SceneNotFoundError: If the scene is not in the store.
+        SceneBusyError: If another writer holds the scene's lock for longer than
+            ``wait_seconds``; the scene is left untouched.
+        StoreError: If the store cannot be read or written.
+    """
+    size = scene_info(scenes, identifier).size_bytes
+    client, key = scenes.client, scene_key(identifier)
+    trash = None
+    try:
+        with scenes.lock(identifier, timeout_s=max(wait_seconds, 0.0)):
+            if not scenes.exists(identifier):  # removed by another remover while we waited
+                return 0
+            # 1. withdraw every commit: from here on no reader counts the scene as present.
+            for band in sorted(scenes.recorded_bands(identifier)):
+                scenes.drop_commit(identifier, band)
+            if client.supports_rename:
+                # 2. one atomic rename takes the scene out of every listing.
+                trash = f"{TRASH_DIR}/{key}.{uuid.uuid4().hex[:8]}"
+                client.move(key, trash)
+            else:
+                # 2. the data, all but the group metadata (which keeps the scene findable).
+                group_meta = f"{key}/zarr.json"
+                client.delete([k for k, _ in client.list(key) if k != group_meta])
+                client.delete([group_meta])
+    except LeaseHeldError:
+        raise SceneBusyError(
+            f"Scene {identifier!r} is being written by another process (its lock "
+            f"{client.href(lock_key(identifier))!r} is held); expected no ingest of it running: "
+            "run again when the ingest is done."
+        ) from None
+    # 3. nothing can find it any more: delete it (and its quicklook) outside the lock.
+    if trash is not None:
+        client.delete_prefix(trash)
+    client.delete([quicklook_key(identifier)])
+    return size
+
+
+def remove_scenes(
+    scenes: SceneStore, identifiers: Sequence[str], *, wait_seconds: float = 0.0
+) -> list[Removal]:
+    """Remove several scenes; a busy scene is skipped and reported, the others go on.
+
+    Every identifier is checked before anything is removed, so a typo removes nothing.
+
+    Raises:
+        StoreError: If the store is missing or cannot be read.
+        InvalidIdentifierError: If an identifier is not safe.
+        SceneNotFoundError: If any scene is not in the store (nothing is removed then).
+    """
+    check_store(scenes)
+    infos = [scene_info(scenes, i) for i in dict.fromkeys(identifiers)]
+    empty_trash(scenes)
+    return remove_each(
+        infos, lambda identifier: remove_scene(scenes, identifier, wait_seconds=wait_seconds)
+    )
+
+
+def empty_trash(scenes: SceneStore) -> None:
+    """Delete what a remover killed mid-way left in ``.trash``."""
+    for name in scenes.client.children(TRASH_DIR):
+        scenes.client.delete_prefix(f"{TRASH_DIR}/{name}")
+
+
+def remove_each(infos: Sequence[SceneInfo], remove: Callable[[str], int]) -> list[Removal]:
+    """Remove each scene with ``remove``; a busy scene is skipped and reported, the others go on.
+
+    Args:
+        infos: The scenes, as the inventory lists them.
+        remove: Removes one scene by identifier and returns the bytes it freed.
+
+    Returns:
+        One :class:`Removal` per scene, in order.
+    """
+    results = []
+    for info in infos:
+        try:
+            size = remove(info.identifier)
+        except SceneBusyError as err:
+            results.append(Removal(info.identifier, info.size_bytes, False, str(err)))
+        except SceneNotFoundError:  # another remover was faster: it is gone all the same
+            results.append(Removal(info.identifier, 0, True))
+        else:
+            results.append(Removal(info.identifier, size, True))
+    return results
+
+
+def select_before(infos: Iterable[SceneInfo], before: date) -> list[SceneInfo]:
+    """Return the scenes sensed before ``before`` (UTC day); scenes without a date are kept."""
+    return [i for i in infos if (day := sensing_day(i)) is not None and day < before]
+
+
+def select_not_in(infos: Iterable[SceneInfo], keep: set[str]) -> list[SceneInfo]:
+    """Return the scenes whose identifier and source item id are both absent from ``keep``."""
+    return [i for i in infos if i.identifier not in keep and i.attrs.get("stac_id") not in keep]
+
+
+def sensing_day(info: SceneInfo) -> date | None:
+    """The UTC sensing day of a scene, or None when its attributes record no datetime."""
+    if not info.datetime:
+        return None
+    try:
+        return datetime.fromisoformat(str(info.datetime).replace("Z", "+00:00")).date()
+    except ValueError:
+        return None
+
+
+def read_keep_list(path: Path) -> set[str]:
+    """Read the scenes to keep from a ``--not-in`` file.
+
+    Accepted forms:
+
+    * a text file with one scene identifier (or STAC item id) per line; blank lines and lines
+      starting with ``#`` are ignored;
+    * a GeoJSON FeatureCollection of STAC items (a STAC ItemCollection, e.g. a saved search) or
+      a single STAC item: their ``id`` values.
+
+    Returns:
+        The identifiers and item ids to keep.
+
+    Raises:
+        InvalidRequestError: If the file cannot be read, is broken JSON, an entry is not a safe
+            identifier, or it names nothing at all.
+    """
+    expected = (
+        "expected a text file of scene identifiers, one per line, or a STAC ItemCollection "
+        "(GeoJSON FeatureCollection) JSON file"
+    )
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise InvalidRequestError(
+            f"Cannot read keep list {str(path)!r}: {err.strerror}; {expected}."
+        ) from err
+    if text.lstrip().startswith("{"):
+        names = _item_ids(text, path, expected)
+    else:
+        names = [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
+    if not names:
+        raise InvalidRequestError(
+            f"Keep list {str(path)!r} names no scene, so every scene would be pruned; {expected}."
+        )
+    for name in names:
+        validate_identifier(name)
+    return set(names)
+
+
+def _item_ids(text: str, path: Path, expected: str) -> list[str]:
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise InvalidRequestError(
+            f"Keep list {str(path)!r} is not valid JSON ({err}); {expected}."
+        ) from err
+    features = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
+    if doc.get("type") not in ("FeatureCollection", "Feature") or not isinstance(features, list):
+        raise InvalidRequestError(
+            f"Keep list {str(path)!r} is JSON of type {doc.get('type')!r}; {expected}."
+        )
+    ids = [f.get("id") for f in features if isinstance(f, dict)]
+    names = [i for i in ids if isinstance(i, str)]
+    if len(names) != len(ids):
+        raise InvalidRequestError(
+            f"Keep list {str(path)!r} has a feature without a string 'id'; {expected}."
+        )
+    return names
+
+
+__all__ = [
+    "TRASH_DIR",
+    "Removal",
+    "empty_trash",
+    "read_keep_list",
+    "remove_each",
+    "remove_scene",
+    "remove_scenes",
+    "select_before",
+    "select_not_in",
+    "sensing_day",
+]
