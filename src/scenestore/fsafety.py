@@ -15,8 +15,10 @@ have no symlinks.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -69,6 +71,108 @@ def inside_store(store: Path, path: Path) -> Path:
             "never follows a link out of it): remove the link."
         )
     return Path(path)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _refused(store: Path, key: str, link: str) -> UnsafePathError:
+    return UnsafePathError(
+        f"Path {str(Path(store) / link)!r} is a symlink; expected a real directory or file "
+        f"inside {str(store)!r} (scenestore never follows a link out of it): remove the link."
+    )
+
+
+def read_nofollow(store: Path, key: str) -> bytes | None:
+    """The bytes of the file ``key`` below ``store``, opened without following any link.
+
+    Each directory is opened relative to its parent with ``O_NOFOLLOW`` and the file last, so
+    a link anywhere below the store is refused without a race between check and use, in a few
+    system calls (what the read-side hot paths, commit records and chunks, need). The store
+    root itself may be a link: that is the user's choice.
+
+    Returns:
+        The bytes, or None when the file (or a directory above it) does not exist.
+
+    Raises:
+        UnsafePathError: If a component below the store is a symlink (or ``key`` holds ``..``).
+    """
+    fd = _open_parent(store, key)
+    if fd is None:
+        return None
+    name = key.strip("/").rsplit("/", 1)[-1]
+    try:
+        try:
+            file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                              dir_fd=fd)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise _refused(store, key, key) from err
+            if err.errno in (errno.EISDIR, errno.ENOTDIR):
+                return None
+            raise
+    finally:
+        os.close(fd)
+    with os.fdopen(file_fd, "rb") as fh:
+        return fh.read()
+
+
+def check_nofollow(store: Path, key: str) -> None:
+    """Raise unless no component of ``key`` below ``store`` is a symlink (missing ones are fine).
+
+    Raises:
+        UnsafePathError: If one is (or ``key`` holds ``..``).
+    """
+    fd = _open_parent(store, key)
+    if fd is None:
+        return
+    name = key.strip("/").rsplit("/", 1)[-1]
+    try:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    finally:
+        os.close(fd)
+    if stat.S_ISLNK(st.st_mode):
+        raise _refused(store, key, key)
+
+
+def _open_parent(store: Path, key: str) -> int | None:
+    """An fd of the directory holding ``key``, reached without following links; None if absent."""
+    parts = key.strip("/").split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafePathError(
+            f"Key {key!r} is not a plain path inside {str(store)!r}; expected names without "
+            "'..' or empty segments."
+        )
+    try:
+        fd = os.open(store, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for i, part in enumerate(parts[:-1]):
+        try:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            os.close(fd)
+            return None
+        except OSError as err:
+            # A link opened with O_NOFOLLOW | O_DIRECTORY fails with ELOOP or ENOTDIR
+            # (kernels differ); ENOTDIR is also a plain file in the way, which is no link.
+            is_link = err.errno == errno.ELOOP or (
+                err.errno == errno.ENOTDIR
+                and stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+            )
+            os.close(fd)
+            if is_link:
+                raise _refused(store, key, "/".join(parts[: i + 1])) from err
+            if err.errno == errno.ENOTDIR:
+                return None
+            raise
+        os.close(fd)
+        fd = child
+    return fd
 
 
 def mkdir_inside(store: Path, path: Path) -> Path:
@@ -155,6 +259,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
 
 __all__ = [
     "atomic_write",
+    "check_nofollow",
+    "read_nofollow",
     "atomic_write_inside",
     "inside_store",
     "mkdir_inside",

@@ -26,8 +26,10 @@ from scenestore.errors import LeaseHeldError, StoreError, UnsafePathError, store
 from scenestore.fsafety import (
     UMASK,
     atomic_write,
+    check_nofollow,
     inside_store,
     mkdir_inside,
+    read_nofollow,
     remove_tree_inside,
     unlink_inside,
 )
@@ -77,16 +79,12 @@ class LocalClient:
             ) from err
 
     def get(self, key: str) -> bytes | None:
-        path = self._path(key)
         with self._errors(f"read {key!r}"):
-            try:
-                with open(path, "rb") as fh:
-                    return fh.read()
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                return None
+            return read_nofollow(self.root, key)
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        check_nofollow(self.root, key)
+        return os.path.isfile(os.path.join(self.root, key))
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -117,25 +115,35 @@ class LocalClient:
                     os.unlink(tmp)
 
     def list(self, prefix: str) -> list[tuple[str, int]]:
-        top = self._path(prefix.strip("/"))
+        head = prefix.strip("/")
         found: list[tuple[str, int]] = []
         with self._errors(f"list {prefix!r}"):
-            for dirpath, _dirs, files in os.walk(top):  # never descends into a linked directory
-                for name in files:
-                    full = os.path.join(dirpath, name)
+            if head:
+                check_nofollow(self.root, head)
+            todo = [(os.path.join(self.root, head), head)]
+            while todo:
+                directory, key = todo.pop()
+                try:
+                    entries = list(os.scandir(directory))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                for entry in entries:
+                    if entry.is_symlink():  # not an object of the store: never followed
+                        continue
+                    name = f"{key}/{entry.name}" if key else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append((entry.path, name))
+                        continue
                     try:
-                        st = os.lstat(full)
+                        found.append((name, entry.stat(follow_symlinks=False).st_size))
                     except FileNotFoundError:  # a concurrent writer moved it
                         continue
-                    if os.path.islink(full):  # not an object of the store: never followed
-                        continue
-                    found.append(
-                        (os.path.relpath(full, self.root).replace(os.sep, "/"), st.st_size)
-                    )
         return sorted(found)
 
     def children(self, prefix: str = "") -> builtins.list[str]:
-        top = self._path(prefix.strip("/")) if prefix.strip("/") else self.root
+        if prefix.strip("/"):
+            check_nofollow(self.root, prefix.strip("/"))
+        top = os.path.join(self.root, prefix.strip("/"))
         names = []
         with self._errors(f"list {prefix or 'the store'!r}"):
             try:
@@ -249,7 +257,7 @@ class GuardedLocalStore(LocalStore):
     """zarr's ``LocalStore``, but no key is read, written or deleted through a symlink."""
 
     def _guard(self, key: str) -> None:
-        inside_store(self.root, self.root / key)
+        check_nofollow(self.root, key)
 
     async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
         self._guard(key)

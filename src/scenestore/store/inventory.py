@@ -81,6 +81,10 @@ def list_scenes(scenes: SceneStore) -> list[SceneInfo]:
         if not identifier:
             continue
         try:
+            # A directory with neither group metadata nor a record is a scene being created
+            # (or what a writer left before it wrote anything): not a scene, as `exists` says.
+            if not scenes.exists(identifier):
+                continue
             infos.append(_info(scenes, identifier))
         except UnsafePathError as err:
             logger.warning(
