@@ -12,8 +12,6 @@ from __future__ import annotations
 import builtins
 import itertools
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +122,8 @@ class MemoryClient:
                 self.objects[target + key[len(source) :]] = self.objects.pop(key)
                 self._etags.pop(key, None)
 
-    @contextmanager
-    def lock(self, key: str, *, timeout_s: float) -> Iterator[LeaseLock]:
-        with LeaseLock(self, key, timeout_s=timeout_s) as lease:
-            yield lease
+    def lock(self, key: str, *, timeout_s: float) -> LeaseLock:
+        return LeaseLock(self, key, timeout_s=timeout_s)  # taken on __enter__
 
     def lock_held(self, key: str) -> bool:
         return lease_held(self, key)

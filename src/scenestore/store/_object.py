@@ -311,10 +311,8 @@ class ObjectClient:
                 obstore.copy(self.store, key, target + key[len(source) :])
         self.delete(keys)
 
-    @contextmanager
-    def lock(self, key: str, *, timeout_s: float) -> Iterator[LeaseLock]:
-        with LeaseLock(self, key, timeout_s=timeout_s) as lease:
-            yield lease
+    def lock(self, key: str, *, timeout_s: float) -> LeaseLock:
+        return LeaseLock(self, key, timeout_s=timeout_s)  # taken on __enter__
 
     def lock_held(self, key: str) -> bool:
         return lease_held(self, key)
