@@ -81,15 +81,14 @@ def list_scenes(scenes: SceneStore) -> list[SceneInfo]:
         if not identifier:
             continue
         try:
-            # A directory with neither group metadata nor a record is a scene being created
-            # (or what a writer left before it wrote anything): not a scene, as `exists` says.
-            if not scenes.exists(identifier):
-                continue
-            infos.append(_info(scenes, identifier))
+            info = _info(scenes, identifier)
         except UnsafePathError as err:
             logger.warning(
                 "Skipping scene %r, never following a link out of the store: %s", identifier, err
             )
+            continue
+        if info is not None:
+            infos.append(info)
     return infos
 
 
@@ -101,11 +100,15 @@ def require_scene(scenes: SceneStore, identifier: str) -> str:
         SceneNotFoundError: If the scene is not in the store.
     """
     if not scenes.exists(identifier):
-        raise SceneNotFoundError(
-            f"Scene {identifier!r} is not in the store {str(scenes)!r}; expected one of the "
-            "identifiers `scenestore ls` lists."
-        )
+        raise _not_found(scenes, identifier)
     return identifier
+
+
+def _not_found(scenes: SceneStore, identifier: str) -> SceneNotFoundError:
+    return SceneNotFoundError(
+        f"Scene {identifier!r} is not in the store {str(scenes)!r}; expected one of the "
+        "identifiers `scenestore ls` lists."
+    )
 
 
 def scene_info(scenes: SceneStore, identifier: str) -> SceneInfo:
@@ -116,7 +119,10 @@ def scene_info(scenes: SceneStore, identifier: str) -> SceneInfo:
         SceneNotFoundError: If the scene is not in the store.
     """
     check_store(scenes)
-    return _info(scenes, require_scene(scenes, identifier))
+    info = _info(scenes, require_scene(scenes, identifier))
+    if info is None:  # removed since it was found
+        raise _not_found(scenes, identifier)
+    return info
 
 
 def band_details(scenes: SceneStore, identifier: str) -> dict[str, dict[str, Any]]:
@@ -184,10 +190,16 @@ def group_attrs(payload: bytes | None) -> tuple[dict[str, Any], str | None]:
     return (attrs, None) if isinstance(attrs, dict) else ({}, "unreadable")
 
 
-def _info(scenes: SceneStore, identifier: str) -> SceneInfo:
+def _info(scenes: SceneStore, identifier: str) -> SceneInfo | None:
+    """The scene's entry, or None when it is no scene (yet): neither group metadata nor a
+    record, as :meth:`SceneStore.exists` says; a scene being created, or a writer's leftover
+    from before it wrote anything. One listing answers that, the sizes and the band metadata."""
     key = scene_key(identifier)
-    objects = scenes.client.list(key)  # one listing: sizes, and which band metadata exists
+    objects = scenes.client.list(key)
     bands, bad_records = scenes.committed(identifier)
+    metas = {k for k, _ in objects}
+    if f"{key}/zarr.json" not in metas and not bands and not bad_records:
+        return None
     attrs, group_problem = group_attrs(scenes.client.get(f"{key}/zarr.json"))
     # A group problem matters once something is committed; before that it is a killed
     # writer's leftover, which the next ingest replaces.
@@ -195,7 +207,6 @@ def _info(scenes: SceneStore, identifier: str) -> SceneInfo:
         [f"group zarr.json {group_problem}"] if group_problem and (bands or bad_records) else []
     )
     damaged += [f"{band}: commit record damaged" for band in sorted(bad_records)]
-    metas = {k for k, _ in objects}
     damaged += [
         f"{b}: array zarr.json missing"
         for b in sorted(bands)
