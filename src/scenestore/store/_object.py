@@ -22,12 +22,17 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from scenestore.errors import InvalidRequestError, StoreError
+from scenestore.network import timeouts
 from scenestore.redact import redact
 from scenestore.store.lease import LeaseLock, lease_held
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig
 
 #: URL schemes that name an object store (obstore's ``from_url`` schemes). Not ``memory://``:
 #: each client would get its own empty store, so nothing written would be found again.
@@ -110,14 +115,20 @@ def open_object_store(url: StoreURL) -> Any:
     """Return an obstore store rooted at the URL's bucket and prefix (no I/O happens here)."""
     from obstore.store import S3Store, from_url
 
+    # Every request is bounded by scenestore's timeouts (scenestore.network), not obstore's own.
+    limits = timeouts()
+    options: ClientConfig = {
+        "connect_timeout": timedelta(seconds=limits.connect_s),
+        "timeout": timedelta(seconds=limits.read_s),
+    }
     if url.scheme != "s3":
-        return from_url(str(url))
-    kwargs: dict[str, Any] = {"prefix": url.prefix or None}
+        return from_url(str(url), client_options=options)
+    kwargs: dict[str, Any] = {"prefix": url.prefix or None, "client_options": options}
     endpoint = s3_endpoint()
     if endpoint:
         kwargs["endpoint"] = endpoint
         if endpoint.startswith("http://"):
-            kwargs["client_options"] = {"allow_http": True}
+            options["allow_http"] = True
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
