@@ -1,11 +1,14 @@
 # Two commands do all set-up on a fresh machine with only Python 3.11 and pip:
-#   make demo   - install everything, start the offline world, ingest into ./demo-store
+#   make demo   - install everything, run the Prefect `ingest` flow (on Prefect's temporary
+#                 server) against the offline world into ./demo-store, twice
+#   make up     - the whole local stack: offline world, Prefect server and UI, work pool,
+#                 deployments, worker; prints the UI link, stops everything on Ctrl-C
 #   make test   - install everything and run the test suite
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup browser demo test bench lint clean
+.PHONY: setup browser demo up test bench lint clean
 
 .venv/.synced: pyproject.toml world/pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet 'uv>=0.5'
@@ -16,6 +19,11 @@ setup: .venv/.synced
 
 demo: .venv/.synced
 	$(UV) run --frozen python scripts/demo.py
+
+# Ports and more: make up UP_ARGS="--prefect-port 4300 --stac-port 8090 --data-port 8091"
+# (python -m flows.stack --help). `python -m flows.stack serve` runs without pool and worker.
+up: .venv/.synced
+	$(UV) run --frozen python -m flows.stack up $(UP_ARGS)
 
 # Debian's chromium for the Prefect UI test (tests/flows/test_ui_browser.py), when missing.
 browser:

@@ -1,22 +1,45 @@
-"""The ``backfill`` flow: a long date range as one ingest run per window.
+"""The ``backfill`` flow: a long date range as one ingest run per window, in date order.
 
-Each window is its own ``ingest`` flow run, started through a deployment with
-``run_deployment(..., timeout=0)`` and polled until final, so every window shows in the UI and
-can be retried alone. Without a deployment the windows run in-process as subflows (no worker
-needed). Windows whose scenes are all stored are skipped before any run is started; the check
-is the cached search plus one bulk missing-band check per window.
+Two modes (the ``mode`` parameter):
+
+* ``"subflows"`` (the default): each window is an ``ingest`` subflow run in this process, at
+  most ``max_windows_in_flight`` at a time (threads of this process). No worker, no process
+  start and no polling per window: the cost of a window is the ingest itself plus about a
+  second of flow-run bookkeeping, which overlaps with the other windows' work. Right for small
+  areas, where a window takes seconds.
+* ``"deployments"``: each window is a run of an ingest deployment (``ingest/on-demand`` by
+  default), started with ``run_deployment(..., timeout=0)``, at most ``max_windows_in_flight``
+  unfinished at a time, on whatever workers serve the pool. Right for long, large windows that
+  should spread over machines. The window runs are polled with one bulk ``read_flow_runs`` per
+  poll, at an interval that starts at ``poll_seconds`` and grows while nothing finishes.
+
+Either way windows start in date order, and every window is its own flow run, named
+``ingest <first day>..<last day>``, that shows in the UI and can be retried alone. Windows
+whose scenes are all stored are skipped before any run starts: one search over the whole range
+and one bulk missing-band check, each scene counted in the window of its sensing day. The
+backfill run keeps two artifacts current: a table of the windows (``backfill-windows``) and its
+progress (``backfill-progress``).
 """
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import date
-from typing import Annotated, Any
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.states import Failed, State
@@ -25,21 +48,42 @@ from pydantic import Field
 
 from flows.ingest import DEFAULT_BANDS, DEFAULT_OPTIONS, find_scenes, ingest
 from flows.params import (
+    AoiParam,
     BandName,
     BBox,
     CloudCover,
+    EndDate,
     IngestRequest,
     MgrsTile,
     ProfileName,
     RunOptions,
     StoreSpec,
 )
+from flows.report import crash_hook
 from flows.tasks import check_scenes
 from flows.windows import DateWindow, WindowUnit, split_windows
+from scenestore.errors import InvalidRequestError
 from scenestore.redact import redact
 
-#: Seconds between two polls of the window runs.
+#: How the windows run: in this process, or as runs of an ingest deployment on workers.
+BackfillMode = Literal["subflows", "deployments"]
+#: The ingest deployment started per window in deployments mode.
+DEFAULT_DEPLOYMENT = "ingest/on-demand"
+#: First interval between two polls of the window runs (deployments mode), in seconds.
 DEFAULT_POLL_SECONDS = 5.0
+#: Longest interval between two polls, however long the windows take.
+MAX_POLL_SECONDS = 60.0
+#: Factor the poll interval grows by after a poll in which no window finished.
+POLL_BACKOFF = 1.5
+
+
+def window_run_name(window: DateWindow) -> str:
+    """The flow run name of a window's ingest run, e.g. ``ingest 2024-06-01..2024-06-30``.
+
+    The ingest flow names its runs the same way (``flows.names.ingest_run_name``), so a
+    window's subflow gets this name without ``with_options`` (which costs ~0.1 s a call).
+    """
+    return f"ingest {window.label}"
 
 
 @dataclass
@@ -48,29 +92,105 @@ class WindowOutcome:
 
     Attributes:
         window: The window.
-        status: ``"complete"`` (skipped: nothing to do), or the run's final state name.
+        status: ``"pending"``, ``"running"``, ``"complete"`` (skipped: nothing to do), or the
+            run's final state name.
         flow_run_id: The window's ingest run, when one was started.
         message: The run's state message, for failures.
+        result: The ingest run's summary (scenes, stored, bytes...), when known.
     """
 
     window: DateWindow
     status: str
     flow_run_id: UUID | None = None
     message: str | None = None
+    result: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:
         """Whether the window's run ended in a failed (or crashed/cancelled) state."""
-        return self.status not in ("complete", "Completed")
+        return self.status not in ("complete", "Completed", "pending", "running")
+
+    @property
+    def done(self) -> bool:
+        """Whether the window needs nothing more (skipped or final)."""
+        return self.status not in ("pending", "running")
+
+    def row(self) -> dict[str, Any]:
+        """The window's row of the ``backfill-windows`` table artifact."""
+        result = self.result or {}
+        return {
+            "window": self.window.label,
+            "status": self.status,
+            "flow run": window_run_name(self.window) if self.flow_run_id or result else "",
+            "scenes": result.get("scenes", ""),
+            "stored": result.get("stored", ""),
+            "bytes": result.get("bytes_written", ""),
+            "message": redact(self.message or "")[:300],
+        }
 
 
-@flow(name="backfill", validate_parameters=True)
+#: Seconds between two new versions of the window table (each is one API call); the progress
+#: artifact is updated whenever a window ends.
+TABLE_INTERVAL_S = 5.0
+
+
+class WindowBoard:
+    """The backfill run's window table and progress artifacts, kept current.
+
+    The progress is updated when a window ends (one API call); the table gets a new version
+    at most every :data:`TABLE_INTERVAL_S` seconds, and a last one when the backfill ends.
+    """
+
+    def __init__(self, outcomes: list[WindowOutcome], label: str) -> None:
+        self.outcomes = outcomes
+        self.label = label
+        self._table_at = 0.0
+        self._progress = create_progress_artifact(
+            progress=self._percent(), key="backfill-progress",
+            description=f"Windows done of {len(outcomes)} for {label}",
+        )
+        self.publish_table()
+
+    def _percent(self) -> float:
+        done = sum(o.done for o in self.outcomes)
+        return 100.0 if not self.outcomes else round(100.0 * done / len(self.outcomes), 1)
+
+    def publish_table(self) -> None:
+        """Write the window table artifact (a new version of ``backfill-windows``)."""
+        self._table_at = time.monotonic()
+        counts: dict[str, int] = {}
+        for outcome in self.outcomes:
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        create_table_artifact(
+            table=[o.row() for o in self.outcomes],
+            key="backfill-windows",
+            description=f"Backfill {self.label}: {len(self.outcomes)} windows; "
+            + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())),
+        )
+
+    def changed(self) -> None:
+        """A window changed state: update the progress, and the table if it is due."""
+        if time.monotonic() - self._table_at >= TABLE_INTERVAL_S:
+            self.publish_table()
+        update_progress_artifact(artifact_id=self._progress, progress=self._percent())
+
+    def finish(self) -> None:
+        """Every window is done: the table's last version."""
+        self.publish_table()
+
+
+@flow(
+    name="backfill", validate_parameters=True, flow_run_name="backfill {start}..{end}",
+    on_crashed=[crash_hook(
+        "windows whose scenes are all stored are skipped, the others resume where they stopped."
+    )],
+)
 def backfill(
     store: str,
     start: date,
-    end: date,
+    end: EndDate,
     bbox: BBox | None = None,
-    aoi: dict[str, Any] | None = None,
+    aoi: AoiParam = None,
     bands: list[BandName] = DEFAULT_BANDS,
     max_cloud: CloudCover | None = None,
     tiles: list[MgrsTile] | None = None,
@@ -78,13 +198,14 @@ def backfill(
     stac_url: str | None = None,
     window_unit: WindowUnit = "month",
     window_length: Annotated[int, Field(ge=1, le=366)] = 1,
+    mode: BackfillMode = "subflows",
     deployment: str | None = None,
     max_windows_in_flight: Annotated[int, Field(ge=1, le=100)] = 2,
     poll_seconds: Annotated[float, Field(gt=0, le=600)] = DEFAULT_POLL_SECONDS,
     skip_complete_windows: bool = True,
     options: RunOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any] | State[Any]:
-    """Ingest ``start..end`` as one ingest run per window.
+    """Ingest ``start..end`` as one ingest run per window, in date order.
 
     Args:
         store: Store directory.
@@ -99,10 +220,13 @@ def backfill(
         stac_url: STAC API root URL; the profile's by default.
         window_unit: Window size unit: day, week or (calendar) month.
         window_length: Window size in units.
-        deployment: The ingest deployment to start per window, e.g. ingest/on-demand;
-            None runs the windows in this process as subflows.
+        mode: "subflows" runs the windows in this run's process (small areas); "deployments"
+            starts each as a run of the ingest deployment on workers (long, large windows).
+        deployment: The ingest deployment started per window in deployments mode; by default
+            ingest/on-demand. Ignored in subflows mode.
         max_windows_in_flight: Window runs started and not yet final at any time.
-        poll_seconds: Seconds between polls of the window runs.
+        poll_seconds: Deployments mode: first interval between two polls of the window runs;
+            it grows up to 60 s while no window finishes.
         skip_complete_windows: Skip windows whose scenes are all stored (search + check).
         options: Run options passed to every window's ingest.
 
@@ -110,47 +234,85 @@ def backfill(
         Status per window, or a Failed state naming the failed windows.
     """
     logger = get_run_logger()
-    request = IngestRequest.parse(
-        store=store, bbox=bbox, aoi=aoi, start=start, end=end, bands=bands,
-        max_cloud=max_cloud, tiles=tiles or [], profile=profile, stac_url=stac_url,
-    )
+    try:
+        request = IngestRequest.parse(
+            store=store, bbox=bbox, aoi=aoi, start=start, end=end, bands=bands,
+            max_cloud=max_cloud, tiles=tiles or [], profile=profile, stac_url=stac_url,
+        )
+        windows = split_windows(start, end, unit=window_unit, length=window_length)
+    except InvalidRequestError as err:
+        # A user mistake, not a bug: one line in the state and the log, no traceback.
+        logger.error("Invalid backfill parameters: %s", err)  # noqa: TRY400 (no traceback)
+        return Failed(message=f"Invalid backfill parameters: {err}", data=err)
     spec = request.store_spec()
     spec.manager().check_writable()
-    windows = split_windows(start, end, unit=window_unit, length=window_length)
-    logger.info("Backfill %s..%s as %d windows", start, end, len(windows))
-    outcomes: dict[DateWindow, WindowOutcome] = {}
-    todo = []
-    for window in windows:
-        if skip_complete_windows and window_is_complete(request, window, spec, options):
-            logger.info("Window %s: every scene is stored; skipped", window.label)
-            outcomes[window] = WindowOutcome(window, "complete")
-        else:
-            todo.append(window)
-    params = {w: window_parameters(request, w, options) for w in todo}
-    if deployment:
-        outcomes.update(
-            _run_deployments(deployment, params, max_windows_in_flight, poll_seconds)
+    logger.info("Backfill %s..%s as %d windows (%s)", start, end, len(windows), mode)
+    outcomes = [WindowOutcome(w, "pending") for w in windows]
+    board = WindowBoard(outcomes, f"{start}..{end}")
+    if skip_complete_windows:
+        complete = complete_windows(request, windows, spec, options)
+        for outcome in outcomes:
+            if outcome.window in complete:
+                logger.info("Window %s: every scene is stored; skipped", outcome.window.label)
+                outcome.status = "complete"
+        if complete:
+            board.changed()
+    todo = [o for o in outcomes if not o.done]
+    params = {o.window: window_parameters(request, o.window, options) for o in todo}
+    if mode == "deployments":
+        _run_deployments(
+            deployment or DEFAULT_DEPLOYMENT, todo, params, board,
+            max_in_flight=max_windows_in_flight, poll_seconds=poll_seconds,
         )
     else:
-        for window, window_params in params.items():
-            state = ingest(**window_params, return_state=True)
-            outcomes[window] = WindowOutcome(window, state.name, message=state.message)
-    return _final(
-        [outcomes[w] for w in windows], logger, failed_hint="retry the failed window runs alone"
-    )
+        if deployment:
+            logger.info(
+                "deployment %s is not used in subflows mode; set mode to deployments to start "
+                "the windows as its runs on workers", deployment,
+            )
+        _run_subflows(todo, params, board, max_in_flight=max_windows_in_flight)
+    board.finish()
+    return _final(outcomes, logger, failed_hint="retry the failed window runs alone")
+
+
+def complete_windows(
+    request: IngestRequest, windows: list[DateWindow], spec: StoreSpec, options: RunOptions
+) -> set[DateWindow]:
+    """The windows in which every scene is complete in the store: nothing to run for them.
+
+    One (cached) search over all the windows and one bulk check; each scene counts in the
+    window of its UTC sensing day (the day the window's own search matches it on). A window
+    without scenes is complete. A scene without a valid identifier is not: its window runs, so
+    the failure shows in that run. If a scene's day cannot be read, no window is skipped.
+    """
+    span = DateWindow(windows[0].start, windows[-1].end)
+    items = find_scenes(request.scene_query(span), spec, options)
+    plans = check_scenes(quote(items), spec)
+    complete = set(windows)
+    for item, plan in zip(items, plans, strict=True):
+        day = _sensing_day(item)
+        if day is None:
+            return set()
+        if not plan.is_complete:
+            complete -= {w for w in windows if w.start <= day <= w.end}
+    return complete
 
 
 def window_is_complete(
     request: IngestRequest, window: DateWindow, spec: StoreSpec, options: RunOptions
 ) -> bool:
-    """Whether every scene the (cached) search finds in ``window`` is complete in the store.
+    """Whether every scene the (cached) search finds in ``window`` is complete in the store."""
+    return bool(complete_windows(request, [window], spec, options))
 
-    A window without scenes counts as complete. A scene without a valid identifier does not:
-    its window runs, so the failure shows in that run.
-    """
-    items = find_scenes(request.scene_query(window), spec, options)
-    plans = check_scenes(quote(items), spec)
-    return all(plan.error is None and not plan.missing for plan in plans)
+
+def _sensing_day(item: dict[str, Any]) -> date | None:
+    """The UTC day of an item's ``datetime`` (its ``start_datetime`` without one), or None."""
+    props = item.get("properties") or {}
+    text = props.get("datetime") or props.get("start_datetime")
+    try:
+        return datetime.fromisoformat(str(text)).astimezone(UTC).date()
+    except ValueError:
+        return None
 
 
 def window_parameters(
@@ -172,38 +334,144 @@ def window_parameters(
     }
 
 
-def _run_deployments(
-    deployment: str,
+#: Set in a window's thread: the event its subflow's ``on_running`` hook sets.
+_WINDOW_STARTED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "window_started", default=None
+)
+#: Longest wait for one window's run to start before the next window is started anyway.
+START_WAIT_SECONDS = 30.0
+
+
+def _window_running(flow: Any, flow_run: Any, state: Any) -> None:
+    """``on_running`` hook of a window's subflow: let the backfill start the next window."""
+    event = _WINDOW_STARTED.get()
+    if event is not None:
+        event.set()
+
+
+#: The ingest flow as subflows mode runs it: the same flow, plus the start signal. Made once
+#: (``with_options`` rebuilds the parameter schema, ~0.1 s a call); the run names are the
+#: ingest flow's own (see :func:`window_run_name`).
+_window_ingest = ingest.with_options(on_running=[_window_running])
+
+
+def _run_subflows(
+    todo: list[WindowOutcome],
     params: dict[DateWindow, dict[str, Any]],
+    board: WindowBoard,
+    *,
     max_in_flight: int,
-    poll_seconds: float,
-) -> dict[DateWindow, WindowOutcome]:
-    """Start one run per window, at most ``max_in_flight`` unfinished, and poll to the end."""
+) -> None:
+    """Run each window as an ``ingest`` subflow of this run, ``max_in_flight`` at a time.
+
+    Windows start in date order: the next is submitted once the previous one's run is
+    Running (or over). Each runs in a thread with a copy of this run's context, so Prefect
+    records it as a subflow of this run; a window's failure ends up in its state and never
+    stops the others.
+    """
     logger = get_run_logger()
-    queue = list(params)
-    running: dict[UUID, DateWindow] = {}
-    outcomes: dict[DateWindow, WindowOutcome] = {}
-    with get_client(sync_client=True) as client:
+
+    def run_window(outcome: WindowOutcome, started: threading.Event) -> WindowOutcome:
+        _WINDOW_STARTED.set(started)  # in this thread's copy of the context only
+        outcome.status = "running"
+        try:
+            state = _window_ingest(**params[outcome.window], return_state=True)
+        finally:
+            started.set()
+        outcome.status, outcome.message = state.name, state.message
+        outcome.flow_run_id = state.state_details.flow_run_id
+        if state.is_completed():
+            result = state.result(raise_on_failure=False)
+            outcome.result = result if isinstance(result, dict) else None
+        return outcome
+
+    def collect(done: set[Future[WindowOutcome]]) -> None:
+        for future in done:
+            outcome = future.result()
+            del running[future]
+            logger.info("Window %s: %s", outcome.window.label, outcome.status)
+            board.changed()
+
+    queue = list(todo)
+    running: dict[Future[WindowOutcome], WindowOutcome] = {}
+    with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="window") as pool:
         while queue or running:
             while queue and len(running) < max_in_flight:
-                window = queue.pop(0)
+                outcome = queue.pop(0)
+                started = threading.Event()
+                future = pool.submit(
+                    contextvars.copy_context().run, run_window, outcome, started
+                )
+                running[future] = outcome
+                started.wait(START_WAIT_SECONDS)
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            collect(done)
+
+
+def _run_deployments(
+    deployment: str,
+    todo: list[WindowOutcome],
+    params: dict[DateWindow, dict[str, Any]],
+    board: WindowBoard,
+    *,
+    max_in_flight: int,
+    poll_seconds: float,
+) -> None:
+    """Start one deployment run per window, at most ``max_in_flight`` unfinished, in date order.
+
+    Each poll reads every unfinished window run in one ``read_flow_runs`` call. The interval
+    starts at ``poll_seconds`` and grows by :data:`POLL_BACKOFF` (up to
+    :data:`MAX_POLL_SECONDS`) after each poll in which no window finished, so a long window
+    costs a few polls rather than one every few seconds.
+    """
+    logger = get_run_logger()
+    queue = list(todo)
+    running: dict[UUID, WindowOutcome] = {}
+    interval = poll_seconds
+    polls = 0
+    # Scheduled times one millisecond apart: workers take runs in scheduled-time order, so
+    # windows started in one poll still start in date order.
+    base = datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        while queue or running:
+            started = False
+            while queue and len(running) < max_in_flight:
+                outcome = queue.pop(0)
+                window = outcome.window
                 run: FlowRun = run_deployment(
                     name=deployment,
                     parameters=params[window],
                     timeout=0,
-                    flow_run_name=f"ingest {window.label}",
+                    flow_run_name=window_run_name(window),
+                    scheduled_time=base + timedelta(milliseconds=len(todo) - len(queue)),
                     tags=["backfill"],
                 )
                 logger.info("Window %s: started flow run %s", window.label, run.name)
-                running[run.id] = window
-            time.sleep(poll_seconds)
-            for run_id, window in list(running.items()):
-                state = client.read_flow_run(run_id).state
-                if state is not None and state.is_final():
-                    del running[run_id]
-                    outcomes[window] = WindowOutcome(window, state.name, run_id, state.message)
-                    logger.info("Window %s: %s", window.label, state.name)
-    return outcomes
+                outcome.status, outcome.flow_run_id = "running", run.id
+                running[run.id] = outcome
+                started = True
+            if started:
+                board.changed()
+            time.sleep(interval)
+            polls += 1
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(running)))
+            )
+            finished = 0
+            for run in runs:
+                state = run.state
+                if state is None or not state.is_final() or run.id not in running:
+                    continue
+                outcome = running.pop(run.id)
+                outcome.status, outcome.message = state.name, state.message
+                logger.info("Window %s: %s", outcome.window.label, state.name)
+                finished += 1
+            if finished:
+                board.changed()
+                interval = poll_seconds
+            else:
+                interval = min(interval * POLL_BACKOFF, max(MAX_POLL_SECONDS, poll_seconds))
+    logger.info("%d window runs final after %d polls (one API call each)", len(todo), polls)
 
 
 def _final(
@@ -222,4 +490,14 @@ def _final(
     return {"windows": summary}
 
 
-__all__ = ["WindowOutcome", "backfill", "window_is_complete", "window_parameters"]
+__all__ = [
+    "DEFAULT_DEPLOYMENT",
+    "BackfillMode",
+    "WindowBoard",
+    "WindowOutcome",
+    "backfill",
+    "complete_windows",
+    "window_is_complete",
+    "window_parameters",
+    "window_run_name",
+]

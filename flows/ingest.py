@@ -9,13 +9,13 @@ stop the others; the run ends Failed, naming them, when any failed.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pystac
-from prefect import flow, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.artifacts import (
     create_table_artifact,
 )
@@ -26,11 +26,16 @@ from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from flows.names import ingest_run_name, ingest_scene_run_name
 from flows.params import (
+    AoiParam,
+    AreasParam,
     BandName,
     BBox,
     CloudCover,
+    EndDate,
     IngestRequest,
+    ItemId,
     LookbackDays,
     MgrsTile,
     ProfileName,
@@ -43,14 +48,18 @@ from flows.report import (
     IngestSummary,
     Progress,
     ScenesFailedError,
+    crash_hook,
     failure_message,
     record_failure,
+    record_not_found,
     report_row,
+    with_queries,
 )
 from flows.tasks import (
     ScenePlan,
     check_scenes,
     download_scene,
+    fetch_by_ids,
     missing_bands,
     retry_options,
     save_scene,
@@ -59,9 +68,15 @@ from flows.tasks import (
     store_scene,
 )
 from scenestore.bands import ALL_BANDS
+from scenestore.idlist import IdEntry, unique
+from scenestore.idlist import item_ids as map_item_ids
 from scenestore.manager import IngestResult
+from scenestore.profiles import get_profile
 from scenestore.redact import redact
-from scenestore.search import SceneQuery
+from scenestore.search import SceneQuery, merge_searches
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: All bands, pre-selected in the UI's multi-select.
 DEFAULT_BANDS: list[BandName] = list(ALL_BANDS)  # type: ignore[arg-type]
@@ -102,22 +117,33 @@ def scene_task_runner(options: RunOptions) -> TaskRunner[Any]:
 # The flow's own tasks (search, check) run in the flow thread; scenes go to the runner that
 # `scene_task_runner` picks. The bounded pool only guards against unbounded threads (the
 # default) should anything be submitted to the flow's runner.
-@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=True)
+# No flow-level retries: scenes already retry transient errors alone, and Prefect retries a
+# flow on any failure (bad parameters, a missing item), so a retry would only delay the verdict.
+# A crash is what a retry fixes: the hook says so, and Retry resumes (stored scenes skipped).
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=True,
+      flow_run_name=ingest_run_name, on_crashed=[crash_hook(
+          "stored scenes are skipped and only their missing bands are downloaded.")])
 def ingest(
     store: str,
     bbox: BBox | None = None,
-    aoi: dict[str, Any] | None = None,
+    aoi: AoiParam = None,
     start: date | None = None,
-    end: date | None = None,
+    end: EndDate = None,
     lookback_days: LookbackDays | None = None,
     bands: list[BandName] = DEFAULT_BANDS,
     max_cloud: CloudCover | None = None,
     tiles: list[MgrsTile] | None = None,
     profile: ProfileName = "earth-search",
     stac_url: str | None = None,
+    item_ids: list[ItemId] | None = None,
+    areas: AreasParam = None,
     options: RunOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any] | State[Any]:
     """Search for scenes and store the missing bands of each, a bounded number at a time.
+
+    The scenes are those of one search (bbox or aoi), of one search per area (areas), of a
+    list of ids (item_ids), or of both searches and ids: each scene is stored once, and the
+    report's ``query`` column names the queries that found it.
 
     Args:
         store: Store directory (created if missing).
@@ -131,30 +157,41 @@ def ingest(
         tiles: MGRS tiles to keep, e.g. ["33UUP"]; all when empty.
         profile: Provider profile.
         stac_url: STAC API root URL; the profile's by default.
+        item_ids: STAC item ids or store identifiers to ingest, fetched 100 per request; an id
+            the API does not have is a failed row ("not found") and fails the run.
+        areas: Many queries instead of bbox/aoi: a list of areas (bbox or aoi each, with
+            optional name, tiles, start and end), or a GeoJSON FeatureCollection of sites
+            (name, start, end, tiles from each feature's properties).
         options: Parallelism, retries, Dask and search caching.
 
     Returns:
         A summary (scenes found, complete, stored, bytes) when every scene succeeded, else a
-        Failed state naming the failed scenes.
+        Failed state naming the failed scenes and the ids not found.
     """
     logger = get_run_logger()
     request = IngestRequest.parse(
         store=store, bbox=bbox, aoi=aoi, start=start, end=end, lookback_days=lookback_days,
         bands=bands, max_cloud=max_cloud, tiles=tiles or [], profile=profile, stac_url=stac_url,
+        item_ids=item_ids or [], areas=areas or [],
     )
-    window = request.window(reference_day())
+    today = reference_day()
+    label = request.label(today)
+    queries = request.queries(today)
     spec = request.store_spec()
     spec.manager().check_writable()  # before any search or download: fail fast on a bad store
     logger.info(
         "Ingest %s of %s bands %s from %s into %s",
-        window.label, request.bbox or "the AOI", ",".join(spec.bands), redact(spec.stac_url),
-        redact(spec.store),
+        label, request.bbox or ("the AOI" if request.aoi else [q for q, _ in queries] or "ids"),
+        ",".join(spec.bands), redact(spec.stac_url), redact(spec.store),
     )
-    items = find_scenes(request.scene_query(window), spec, options)
-    return ingest_items(items, spec, options, label=window.label)
+    found = find_all(queries, request.item_ids, spec, options)
+    return ingest_items(
+        found.items, spec, options, label=label, found_by=found.found_by,
+        not_found=found.not_found,
+    )
 
 
-@flow(name="ingest-scene", validate_parameters=True)
+@flow(name="ingest-scene", validate_parameters=True, flow_run_name=ingest_scene_run_name)
 def ingest_scene(
     item: str,
     store: str,
@@ -221,16 +258,76 @@ def find_scenes(
     The cache key is the canonical JSON of the query plus the STAC URL and profile (and the
     task's source); it expires after ``options.search_cache_seconds`` (0: no cache).
     """
+    return _cached(search, options)(query.to_json(), spec.stac_url, spec.profile)
+
+
+def _cached(task: Task[P, R], options: RunOptions) -> Task[P, R]:
+    """A STAC task with the run's retries and search cache (0 seconds: no cache at all)."""
     retrying = retry_options(
         options.retries, options.retry_backoff_seconds, options.retry_jitter_factor
     )
     if options.search_cache_seconds > 0:
-        search_task = search.with_options(
+        return task.with_options(
             cache_expiration=timedelta(seconds=options.search_cache_seconds), **retrying
         )
+    return task.with_options(cache_policy=NO_CACHE, persist_result=False, **retrying)
+
+
+@dataclass(frozen=True)
+class FoundScenes:
+    """The scenes of a run's queries and ids, merged.
+
+    Attributes:
+        items: Distinct items as STAC JSON documents, by sensing time.
+        found_by: Labels of the queries that found each item id (``ids`` for the id list).
+        not_found: Why each asked-for item id is missing (it names the id as given).
+    """
+
+    items: list[dict[str, Any]]
+    found_by: dict[str, list[str]]
+    not_found: dict[str, str]
+
+
+def find_all(
+    queries: Sequence[tuple[str, SceneQuery]],
+    item_ids: Sequence[str],
+    spec: StoreSpec,
+    options: RunOptions,
+) -> FoundScenes:
+    """Run one cached search task per query and one cached fetch of the ids, then merge.
+
+    Several searches are submitted together to the flow's bounded runner (4 threads); a
+    scene found by several queries, or searched and listed, is ingested once.
+
+    Raises:
+        InvalidRequestError: If an id is the store identifier of another profile's scene.
+    """
+    search_task = _cached(search, options)
+    if len(queries) == 1:
+        label, query = queries[0]
+        results = [(label, search_task(query.to_json(), spec.stac_url, spec.profile))]
     else:
-        search_task = search.with_options(cache_policy=NO_CACHE, persist_result=False, **retrying)
-    return search_task(query.to_json(), spec.stac_url, spec.profile)
+        futures = [
+            (label, search_task.submit(query.to_json(), spec.stac_url, spec.profile))
+            for label, query in queries
+        ]
+        results = [(label, future.result()) for label, future in futures]
+    not_found: dict[str, str] = {}
+    if item_ids:
+        entries = unique(IdEntry(v, f"item_ids[{n}]") for n, v in enumerate(item_ids))
+        wanted = map_item_ids(entries, spec.profile)
+        fetched = _cached(fetch_by_ids, options)(list(wanted), spec.stac_url, spec.profile)
+        results.append(("ids", fetched["items"]))
+        collection = get_profile(spec.profile).collection
+        for item_id in fetched["missing"]:
+            entry = wanted[item_id]
+            asked = "" if entry.value == item_id else f" (asked as {entry.value!r})"
+            not_found[item_id] = (
+                f"no item {item_id!r}{asked} in collection {collection!r} at "
+                f"{redact(spec.stac_url)}; expected an existing item id ({entry.source})"
+            )
+    items, found_by = merge_searches(results)
+    return FoundScenes(items, found_by, not_found)
 
 
 def ingest_items(
@@ -239,19 +336,23 @@ def ingest_items(
     options: RunOptions,
     *,
     label: str,
+    found_by: Mapping[str, Sequence[str]] | None = None,
+    not_found: Mapping[str, str] | None = None,
 ) -> dict[str, Any] | State[Any]:
     """The per-scene part of ``ingest`` (call it inside a flow run).
 
     Checks all scenes in one task, submits ``store-scene`` for the incomplete ones with at
     most ``options.max_in_flight`` in flight, keeps a progress artifact current, and writes
-    a table artifact.
+    a table artifact: with ``found_by`` (query labels per item id) it has a ``query`` column;
+    each id of ``not_found`` (item id: message) is a failed row and fails the run.
 
     Returns:
         The summary, or a Failed state naming the failed scenes.
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    summary = IngestSummary(label=label, scenes=len(items))
+    not_found = dict(not_found or {})
+    summary = IngestSummary(label=label, scenes=len(items) + len(not_found))
     plans = check_scenes(quote(list(items)), spec)
     todo: list[ScenePlan] = []
     for plan in plans:
@@ -266,6 +367,8 @@ def ingest_items(
         "%d scenes found: %d complete, %d to download, %d invalid",
         summary.scenes, summary.complete, len(todo), len(summary.failed),
     )
+    for item_id, message in not_found.items():
+        record_not_found(summary, item_id, message, logger)
     progress = Progress(total=len(items), done=len(items) - len(todo), label=label)
     if todo:
         _run_scenes(todo, spec, options, summary, progress)
@@ -274,8 +377,12 @@ def ingest_items(
     if options.quicklooks:
         publish_quicklooks(stored, spec, label=label)
     summary.seconds = time.perf_counter() - started
+    rows = summary.rows
+    if found_by is not None:
+        labels = {plan.name: ", ".join(found_by.get(plan.item_id, ())) for plan in plans}
+        rows = with_queries(rows, {**labels, **dict.fromkeys(not_found, "ids")})
     create_table_artifact(
-        table=summary.rows,
+        table=rows,
         key="ingest-report",
         description=(
             f"Ingest {label}: {summary.scenes} scenes, {summary.complete} already complete, "
@@ -348,8 +455,10 @@ def _collect(
 __all__ = [
     "DEFAULT_BANDS",
     "DEFAULT_OPTIONS",
+    "FoundScenes",
     "IngestSummary",
     "ScenesFailedError",
+    "find_all",
     "find_scenes",
     "ingest",
     "ingest_items",

@@ -8,6 +8,7 @@ scenes failed, ends Failed with :func:`failure_message`.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,6 +83,27 @@ def record_failure(
     logger.warning("Scene %s failed: %s", identifier, message)
 
 
+def record_not_found(summary: IngestSummary, item_id: str, message: str, logger: Any) -> None:
+    """Record an asked-for item id the STAC API does not have, as a failed row."""
+    summary.failed[item_id] = message
+    summary.rows.append(report_row(item_id, (), 0, 0.0, "not found", error=message))
+    logger.warning("Item %s not found: %s", item_id, message)
+
+
+def with_queries(rows: list[dict[str, Any]], queries: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The rows with a ``query`` column after ``scene``: which queries found each scene.
+
+    Args:
+        rows: Report rows (see :func:`report_row`).
+        queries: Query labels per scene (the row's ``scene`` value), e.g. ``"site-a, ids"``.
+    """
+    out = []
+    for row in rows:
+        scene = row["scene"]
+        out.append({"scene": scene, "query": queries.get(scene, ""), **row})
+    return out
+
+
 def report_row(
     identifier: str,
     fetched: tuple[str, ...],
@@ -147,13 +169,69 @@ class Progress:
         update_progress_artifact(artifact_id=self._id, progress=self._percent())
 
 
+#: Key of the markdown artifact a crashed run gets (see :func:`crash_hook`).
+CRASH_ARTIFACT_KEY = "crash-report"
+
+
+def crash_message(reason: str | None, retry_does: str) -> str:
+    """One line for a crashed run: what happened, and what Retry does."""
+    return (
+        f"Crashed: the run's process stopped before the run finished ({reason or 'no reason'}); "
+        "usually its worker was stopped or killed, the machine restarted or memory ran out. "
+        f"Retry the run (Retry on its page, or let the next run cover it): {retry_does}"
+    )
+
+
+def crash_hook(retry_does: str) -> Any:
+    """An ``on_crashed`` hook that says what happened and what Retry does.
+
+    The hook replaces the state message Prefect gives a crash ("Execution was aborted by ...")
+    with :func:`crash_message`, logs it, and writes it as the ``crash-report`` markdown
+    artifact. It runs in the run's own process when that process is stopped by a signal (a
+    worker stopped with Ctrl-C or SIGTERM); a process killed outright (SIGKILL, out of memory)
+    runs no hook, and keeps Prefect's own message.
+
+    Args:
+        retry_does: What a retry of this flow does, e.g. "stored scenes are skipped and only
+            missing bands are downloaded."
+    """
+
+    def report_crash(flow: Any, flow_run: Any, state: Any) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactCreate
+        from prefect.logging.loggers import flow_run_logger
+        from prefect.states import Crashed
+
+        message = crash_message(state.message, retry_does)
+        flow_run_logger(flow_run, flow).error(message)
+        markdown = (
+            f"## Run crashed\n\n{redact(message)}\n\n"
+            "Nothing needs cleaning up first: a band is committed whole or not at all, so a "
+            "retry finds exactly what is missing."
+        )
+        with get_client(sync_client=True) as client:
+            client.create_artifact(ArtifactCreate(
+                flow_run_id=flow_run.id, key=CRASH_ARTIFACT_KEY, type="markdown",
+                data=markdown, description="Why the run crashed and what Retry does",
+            ))
+            # Same state type, clearer message: the UI shows it beside the Crashed badge.
+            client.set_flow_run_state(flow_run.id, Crashed(message=message), force=True)
+
+    return report_crash
+
+
 __all__ = [
+    "CRASH_ARTIFACT_KEY",
     "MAX_NAMED_FAILURES",
     "PROGRESS_INTERVAL_S",
     "IngestSummary",
     "Progress",
     "ScenesFailedError",
+    "crash_hook",
+    "crash_message",
     "failure_message",
     "record_failure",
+    "record_not_found",
     "report_row",
+    "with_queries",
 ]

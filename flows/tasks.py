@@ -26,11 +26,12 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from flows.params import StoreSpec
+from flows.throttle import provider_slot
 from scenestore.errors import ScenestoreError, TransientSourceError
 from scenestore.manager import IngestResult
 from scenestore.network import DEFAULT_BACKOFF_S, DEFAULT_JITTER, DEFAULT_RETRIES
 from scenestore.plan import ScenePlan, plan_ingest
-from scenestore.search import SceneQuery, search_scenes
+from scenestore.search import SceneQuery, fetch_items, search_scenes
 
 #: Retry defaults unless a run asks otherwise (RunOptions): the library's and the CLI's, one place.
 DEFAULT_BACKOFF_SECONDS = DEFAULT_BACKOFF_S
@@ -105,8 +106,35 @@ def search(query_json: str, stac_url: str, profile: str) -> list[dict[str, Any]]
     Returns:
         The matching items as STAC JSON documents (small, JSON-persisted for the cache).
     """
-    items = search_scenes(SceneQuery.from_json(query_json), stac_url=stac_url, profile=profile)
+    with provider_slot(profile):  # the provider's fleet-wide budget (flows/throttle.py)
+        items = search_scenes(SceneQuery.from_json(query_json), stac_url=stac_url, profile=profile)
     return [item.to_dict(transform_hrefs=False) for item in items]
+
+
+@task(
+    name="fetch-items",
+    cache_policy=INPUTS + TASK_SOURCE,
+    cache_expiration=DEFAULT_SEARCH_CACHE,
+    result_serializer="json",
+    **retry_options(),
+)
+def fetch_by_ids(item_ids: list[str], stac_url: str, profile: str) -> dict[str, Any]:
+    """Fetch items by id, 100 ids per STAC request; cached like :func:`search`.
+
+    Args:
+        item_ids: STAC item ids (store identifiers already mapped back), each once, in order.
+        stac_url: STAC API root URL (resolved, never None).
+        profile: Provider profile name.
+
+    Returns:
+        ``{"items": [STAC JSON documents], "missing": [ids the API has no item for]}``.
+    """
+    with provider_slot(profile):
+        fetched = fetch_items(item_ids, stac_url=stac_url, profile=profile)
+    return {
+        "items": [item.to_dict(transform_hrefs=False) for item in fetched.items],
+        "missing": fetched.missing,
+    }
 
 
 # -- bulk planning ----------------------------------------------------------------------------
@@ -146,7 +174,8 @@ def download_scene(item: pystac.Item | str, bands: list[str], spec: StoreSpec) -
     Only the item lookup of an id (a STAC request) can fail transiently, so this retries too.
     The Dataset is never persisted: it lives in memory until :func:`save_scene` computes it.
     """
-    return spec.manager().download_scene_from_source(item, bands)
+    with provider_slot(spec.profile):  # the COG header checks read the source
+        return spec.manager().download_scene_from_source(item, bands)
 
 
 @task(name="save-scene", persist_result=False, **retry_options())
@@ -158,7 +187,8 @@ def save_scene(dataset: xr.Dataset, identifier: str, spec: StoreSpec) -> IngestR
     replaced, never half-written (the library stages and commits).
     """
     manager = spec.manager()
-    manager.save_to_store(dataset, identifier)
+    with provider_slot(spec.profile):
+        manager.save_to_store(dataset, identifier)
     bands = [str(b) for b in dataset.data_vars]
     return IngestResult(
         identifier, fetched=tuple(bands), bytes_written=manager.stored_bytes(identifier, bands)
@@ -175,13 +205,15 @@ def store_scene(item: pystac.Item, spec: StoreSpec) -> IngestResult:
     The library re-checks the missing bands under the scene lock, so a scene another run
     finished in the meantime is skipped, and a retry only fetches what is still missing.
     """
-    return spec.manager().ingest(item)
+    with provider_slot(spec.profile):
+        return spec.manager().ingest(item)
 
 
 __all__ = [
     "ScenePlan",
     "check_scenes",
     "download_scene",
+    "fetch_by_ids",
     "is_transient",
     "missing_bands",
     "retry_if_transient",

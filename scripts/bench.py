@@ -492,10 +492,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="one real-size 10980 px tile")
     parser.add_argument("--scenes", type=int, default=None, help="number of scenes")
+    parser.add_argument(
+        "--backfill",
+        action="store_true",
+        help="instead: a one-year monthly backfill beside scenestore ingest (bench_backfill.py)",
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--items", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.backfill:
+        script = str(Path(__file__).with_name("bench_backfill.py"))
+        os.execv(sys.executable, [sys.executable, script])
     if args.variant:
         _child(args)
         return

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Retries (tenacity's, and GDAL's inside a read) wait 50 ms rather than 1 s: the tests check
+# what is retried and that it ends, not how long the waits are. Subprocesses inherit it.
+os.environ.setdefault("SCENESTORE_RETRY_BACKOFF", "0.05")
 
 import pytest
 

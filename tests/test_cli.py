@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "SECRET_CANARY": "never-printed"}
+#: Retries wait 50 ms, not 1 s (SCENESTORE_RETRY_BACKOFF): the tests check what is retried.
+ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "SECRET_CANARY": "never-printed",
+       "SCENESTORE_RETRY_BACKOFF": "0.05"}
 
 
 def run(*args: str, check: bool = False) -> subprocess.CompletedProcess:
@@ -260,7 +262,7 @@ def bad_cases(world_url: str) -> list[tuple[str, list[str], str]]:
         (
             "prune with a missing keep list",
             ["prune", "--store", "{store}", "--not-in", "/no/such.txt", "--yes"],
-            "Cannot read keep list '/no/such.txt'",
+            "Cannot read id file '/no/such.txt'",
         ),
         (
             "prune with an empty keep list",

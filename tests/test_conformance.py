@@ -12,7 +12,7 @@ import pytest
 from hypothesis import settings
 
 from scenestore.store import open_store
-from scenestore.store._memory import forget
+from scenestore.store._object import forget
 from scenestore.testing import SceneStoreTests
 from scenestore.testing.stateful import scene_store_machine
 
@@ -59,7 +59,7 @@ TestMemoryMachine = scene_store_machine(_fresh_memory, dispose=_forget)
 def test_state_machine_on_a_local_store(tmp_path):
     machine = scene_store_machine(
         lambda: open_store(_directory(tmp_path)),
-        settings=settings(max_examples=20, stateful_step_count=8, deadline=None),
+        settings=settings(max_examples=12, stateful_step_count=8, deadline=None),
     )
     machine("runTest").runTest()
 
@@ -70,6 +70,6 @@ def test_state_machine_on_s3(s3_server, monkeypatch):
     base = f"s3://{s3_server.bucket}/machine-{uuid.uuid4().hex[:8]}"
     machine = scene_store_machine(
         lambda: open_store(f"{base}/{uuid.uuid4().hex[:8]}"),
-        settings=settings(max_examples=6, stateful_step_count=6, deadline=None),
+        settings=settings(max_examples=4, stateful_step_count=6, deadline=None),
     )
     machine("runTest").runTest()

@@ -238,34 +238,6 @@ def test_scenes_stored_without_checksums_still_open_and_verify(world, clean, sto
         manager.open(identifier, eager=True)
 
 
-def test_s3_verify_reports_garbage_records_and_damaged_chunks_and_repairs(world, s3_store):
-    manager = StacStoreManager(["B02", "B03"], s3_store, stac_url=world.stac_url)
-    manager.download_and_store(world.items[0])
-    identifier = ident(world)
-    client = manager.scenes.client
-    client.put(f"{identifier}.zarr/_commits/B02.json", b"{garbage")
-    key = next(k for k, _ in client.list(f"{identifier}.zarr/B03/c/"))
-    data = bytearray(client.get(key))
-    data[len(data) // 2] ^= 0xFF
-    client.put(key, bytes(data))
-
-    # A garbage record is named on open, as on a local store; B03's chunk when it is read.
-    with pytest.raises(DamagedSceneError, match="B02.json' of band B02 is damaged"):
-        manager.open(identifier, eager=True)
-    with pytest.raises(DamagedSceneError, match="band B03: chunk c/.* crc32c"):
-        StacStoreManager(["B03"], s3_store).open(identifier, eager=True)
-    found = cli("verify", "--store", s3_store)
-    assert found.exit_code == 1
-    rows = [ln for ln in found.output.splitlines() if ln.startswith(f"│ {identifier}")]
-    assert len(rows) == 2 and "commit record" in rows[0] and "checksum" in rows[1], found.output
-    assert cli("info", "--store", s3_store, identifier).exit_code == 1
-    assert cli("verify", "--store", s3_store, "--repair").exit_code == 0
-    assert manager.missing_bands(identifier) == ["B02", "B03"]
-    manager.download_and_store(world.items[0])
-    assert cli("verify", "--store", s3_store).exit_code == 0
-    assert manager.open(identifier, eager=True, verify=True)["B03"].dtype == np.uint16
-
-
 class EpsgStringManager(ArrayStoreManager):
     """A subclass whose spatial_ref gives its CRS as "EPSG:..." rather than as WKT."""
 

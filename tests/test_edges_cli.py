@@ -22,7 +22,8 @@ import pytest
 
 from scenestore_world.faults import FaultPlan
 
-ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+#: Retries wait 50 ms, not 1 s (SCENESTORE_RETRY_BACKOFF): the tests check what is retried.
+ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "SCENESTORE_RETRY_BACKOFF": "0.05"}
 
 
 def run(

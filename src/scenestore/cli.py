@@ -39,8 +39,9 @@ from scenestore.redact import redact
 if TYPE_CHECKING:
     import pystac
 
+    from scenestore.idlist import IdEntry
     from scenestore.manager import IngestResult
-    from scenestore.search import SceneQuery
+    from scenestore.search import FetchedItems, SceneQuery
 
 
 class _OneLineErrors(TyperGroup):
@@ -211,14 +212,47 @@ def search(
     aoi: AoiOpt = None,
     max_cloud: CloudOpt = None,
     tiles: TilesOpt = None,
+    ids_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--ids-out",
+            help="Also write the item ids found to this file (for `ingest --ids-file`).",
+        ),
+    ] = None,
 ) -> None:
     """Search a STAC API and print the matching scenes as a table."""
     from scenestore.profiles import get_profile, tile_of
 
     prof = get_profile(profile)
-    items = _search_with_retries(
-        _query(bbox, aoi, start, end, max_cloud, tiles), stac_url=stac_url, profile=prof
-    )
+    query = _query(bbox, aoi, start, end, max_cloud, tiles)
+    items = _search_with_retries(query, stac_url=stac_url, profile=prof)
+    if ids_out is not None:
+        from datetime import UTC, datetime
+
+        from scenestore.idlist import write_id_file
+
+        given = {
+            "--start": start,
+            "--end": end,
+            "--bbox": bbox,
+            "--aoi": aoi,
+            "--max-cloud": max_cloud,
+            "--tiles": tiles,
+            "--profile": prof.name,
+        }
+        command = " ".join(f"{k} {v}" for k, v in given.items() if v is not None)
+        write_id_file(
+            ids_out,
+            [item.id for item in items],
+            header=[
+                f"scenestore search {command}",
+                f"{len(items)} scenes of {prof.collection!r} at "
+                f"{redact(stac_url or prof.stac_url)}, {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
+                f"query: {query.to_json()}",
+                f"ingest them with: scenestore ingest --store STORE --ids-file {ids_out}",
+            ],
+        )
+        err_console.print(f"Wrote {len(items)} item ids to {ids_out}", highlight=False)
     table = Table(title=f"{len(items)} scenes")
     for col in ("item", "datetime", "tile", "cloud %", "EPSG"):
         table.add_column(col)
@@ -257,8 +291,25 @@ def ingest(
         list[Path] | None,
         typer.Option("--item", help="Ingest this STAC item JSON file instead of searching."),
     ] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Option("--ids", help="Item ids or store identifiers, comma-separated (repeatable)."),
+    ] = None,
+    ids_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ids-file",
+            help="File of ids, one per line ('#' comments), or a STAC ItemCollection JSON.",
+        ),
+    ] = None,
 ) -> None:
-    """Search (or read --item files), then download the missing bands of every scene."""
+    """Search (or read --item files, or fetch --ids), then download the missing bands.
+
+    Ids (--ids, --ids-file) are fetched from the STAC API 100 per request; with a search too,
+    the scenes of both are ingested once each. An id the API does not have is named on stderr
+    and makes the exit code 1, after the others are stored.
+    """
+    from scenestore.idlist import item_ids
     from scenestore.ingest import ingest_items
     from scenestore.stac import StacStoreManager
 
@@ -268,8 +319,15 @@ def ingest(
     if retries < 0:
         raise InvalidRequestError(f"--retries {retries} is negative; expected 0 or more.")
     manager = StacStoreManager(band_list, store, profile=profile, stac_url=stac_url)
+    wanted = item_ids(_id_entries(ids, ids_file), manager.profile)
+    searching = any(v is not None for v in (start, end, bbox, aoi, max_cloud, tiles))
+    items: list[pystac.Item] = []
+    if item_files and (ids or ids_file):
+        raise InvalidRequestError(
+            "--item was given with --ids/--ids-file; expected either --item files or ids."
+        )
     if item_files:
-        if any(v is not None for v in (start, end, bbox, aoi, max_cloud, tiles)):
+        if searching:
             raise InvalidRequestError(
                 "--item was given with search options; expected either --item files or a search "
                 "(--bbox/--aoi, --start, --end...)."
@@ -278,6 +336,8 @@ def ingest(
         for item in items:  # every item must be storable before anything is downloaded
             manager.identifier(item)  # an unsafe id is a user mistake: exit 2 up front
             manager.check_item(item)
+        query = None
+    elif wanted and not searching:
         query = None
     else:
         query = _query(
@@ -289,6 +349,14 @@ def ingest(
         items = _search_with_retries(
             query, stac_url=manager.stac_url, profile=manager.profile, retries=retries
         )
+    not_found: list[str] = []
+    if wanted:
+        fetched = _fetch_with_retries(
+            list(wanted), stac_url=manager.stac_url, profile=manager.profile, retries=retries
+        )
+        searched = {item.id for item in items}
+        items += [item for item in fetched.items if item.id not in searched]
+        not_found = fetched.missing
     with Progress(
         TextColumn("[bold]ingest"),
         BarColumn(),
@@ -307,9 +375,37 @@ def ingest(
             on_result=lambda r: progress.update(task, advance=1, description=r.identifier),
         )
     elapsed = time.perf_counter() - started
-    _print_summary(results, elapsed)
-    if any(r.error for r in results):
+    _print_summary(results, elapsed, searched=query is not None)
+    for item_id in not_found:
+        entry = wanted[item_id]
+        err_console.print(
+            f"[red]not found:[/] {entry.value} ({entry.source}): no item {item_id!r} in "
+            f"collection {manager.profile.collection!r} at {redact(manager.stac_url)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if any(r.error for r in results) or not_found:
         raise typer.Exit(EXIT_SCENE_FAILED)
+
+
+def _id_entries(ids: list[str] | None, ids_files: list[Path] | None) -> list[IdEntry]:
+    """The ids of --ids and --ids-file, in order, each once."""
+    from scenestore.idlist import parse_id_values, read_id_file, unique
+
+    entries = parse_id_values(ids or [])
+    for path in ids_files or []:
+        entries += read_id_file(path)
+    return unique(entries)
+
+
+def _fetch_with_retries(
+    ids: list[str], *, retries: int = DEFAULT_RETRIES, **kwargs: Any
+) -> FetchedItems:
+    """Fetch items by id (100 per request), retried like the search."""
+    from scenestore.network import transient_retrying
+    from scenestore.search import fetch_items
+
+    return transient_retrying(retries, what="the STAC fetch by ids")(fetch_items, ids, **kwargs)
 
 
 def _search_with_retries(
@@ -349,7 +445,7 @@ def _read_item(path: Path) -> pystac.Item:
         ) from err
 
 
-def _print_summary(results: list[IngestResult], elapsed: float) -> None:
+def _print_summary(results: list[IngestResult], elapsed: float, *, searched: bool = True) -> None:
     table = Table(title="ingest summary")
     table.add_column("scene", no_wrap=True)
     table.add_column("status")
@@ -378,7 +474,7 @@ def _print_summary(results: list[IngestResult], elapsed: float) -> None:
     if results and fetched == 0 and not any(r.error for r in results):
         console.print("Nothing to download: every band of every scene is already in the store.")
     elif not results:
-        console.print("No scenes matched the search.")
+        console.print("No scenes matched the search." if searched else "No scenes to ingest.")
 
 
 @app.command("ls")
@@ -557,6 +653,12 @@ def world(
     scenes: Annotated[int, typer.Option("--scenes", help="Number of scenes.")] = 6,
     size: Annotated[str, typer.Option("--size", help="tiny, small or full.")] = "tiny",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    stac_port: Annotated[
+        int, typer.Option("--stac-port", help="STAC API port on 127.0.0.1 (0: any free port).")
+    ] = 0,
+    data_port: Annotated[
+        int, typer.Option("--data-port", help="COG server port on 127.0.0.1 (0: any free port).")
+    ] = 0,
 ) -> None:
     """Generate (if needed) and serve the offline Sentinel-2 world until interrupted."""
     # The world is its own distribution (servers, rustac), not part of the library's wheel.
@@ -578,10 +680,21 @@ def world(
     def ready(w: Any) -> None:
         console.print(f"STAC API: {w.stac_url}")
         console.print(f"COGs:     {w.data_url}")
+        console.print("Covers (tile, sensing days, scenes, bbox):", highlight=False)
+        for line in w.coverage():
+            console.print(f"  {line}", highlight=False)
         console.print("Serving until interrupted (Ctrl-C).")
         sys.stdout.flush()
 
-    serve_forever(directory, scenes=scenes, size=size, seed=seed, on_ready=ready)
+    serve_forever(
+        directory,
+        scenes=scenes,
+        size=size,
+        seed=seed,
+        on_ready=ready,
+        stac_port=stac_port,
+        data_port=data_port,
+    )
 
 
 def _bands(bands: tuple[str, ...] | list[str]) -> str:

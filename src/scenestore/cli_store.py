@@ -135,8 +135,9 @@ def register(
     ) -> None:
         """Remove scenes sensed --before a day, or --not-in a keep list (a dry run unless --yes)."""
         from scenestore.aoi import parse_date
+        from scenestore.idlist import read_id_file
         from scenestore.store.inventory import list_scenes
-        from scenestore.store.removal import read_keep_list, select_before, select_not_in
+        from scenestore.store.removal import select_before, select_not_in
 
         check_wait(wait)
         if (before is None) == (not_in is None):
@@ -149,7 +150,13 @@ def register(
             infos = select_before(list_scenes(open_store(store)), day)
             what = f"sensed before {day.isoformat()}"
         elif not_in is not None:  # exactly one of the two is given (checked above)
-            keep = read_keep_list(not_in)
+            keep = {entry.value for entry in read_id_file(not_in)}
+            if not keep:
+                raise InvalidRequestError(
+                    f"Keep list {str(not_in)!r} names no scene, so every scene would be pruned; "
+                    "expected scene identifiers or item ids, one per line, or a STAC "
+                    "ItemCollection JSON file."
+                )
             infos = select_not_in(list_scenes(open_store(store)), keep)
             what = f"not in {not_in}"
         removal_report(infos, yes=yes, wait=wait, store=store, what=what)

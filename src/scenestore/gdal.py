@@ -8,7 +8,7 @@ import threading
 import warnings
 from typing import Any
 
-from scenestore.network import timeouts
+from scenestore.network import retry_backoff_s, timeouts
 
 logger = logging.getLogger(__name__)
 
@@ -23,29 +23,39 @@ COG_OPTIONS: dict[str, str | int | float] = {
     "GDAL_HTTP_MULTIPLEX": "YES",
     "GDAL_HTTP_VERSION": "2",
     "GDAL_HTTP_MAX_RETRY": 5,
-    "GDAL_HTTP_RETRY_DELAY": 0.5,
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.jp2",
     "VSI_CACHE": "TRUE",
     "GDAL_CACHEMAX": 256,
 }
 
 
+def cog_options() -> dict[str, Any]:
+    """:data:`COG_OPTIONS` with the timeouts and retry delay in force (:mod:`scenestore.network`).
+
+    Raises:
+        InvalidRequestError: If a timeout or backoff variable is not a positive number.
+    """
+    limits = timeouts()
+    return {
+        **COG_OPTIONS,
+        # Without these a COG server that accepts and never answers hangs the read forever.
+        "GDAL_HTTP_CONNECTTIMEOUT": f"{limits.connect_s:g}",
+        "GDAL_HTTP_TIMEOUT": f"{limits.read_s:g}",
+        # GDAL's in-read retries wait half scenestore's first retry delay (0.5 s by default).
+        "GDAL_HTTP_RETRY_DELAY": f"{retry_backoff_s() / 2:g}",
+    }
+
+
 def configure_gdal() -> None:
-    """Apply :data:`COG_OPTIONS` to odc-stac's rasterio readers (idempotent)."""
+    """Apply :func:`cog_options` to odc-stac's rasterio readers (idempotent)."""
     global _configured
     with _lock:
         if _configured:
             return
         from odc.stac import configure_rio
 
-        limits = timeouts()
-        # Without these a COG server that accepts and never answers hangs the read forever.
         # GDAL options go in configure_rio's **params, beside its own typed keywords.
-        options: dict[str, Any] = {
-            **COG_OPTIONS,
-            "GDAL_HTTP_CONNECTTIMEOUT": f"{limits.connect_s:g}",
-            "GDAL_HTTP_TIMEOUT": f"{limits.read_s:g}",
-        }
+        options = cog_options()
         configure_rio(cloud_defaults=True, **options)
         # odc-loader resamples in-memory blocks with rasterio.warp, which warns that a bare
         # array has no geotransform; the transforms are passed explicitly, so it is noise.

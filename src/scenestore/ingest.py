@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from scenestore.errors import InvalidRequestError, ScenestoreError, store_io_error
 from scenestore.manager import IngestResult, StoreManager
-from scenestore.network import DEFAULT_BACKOFF_S, DEFAULT_RETRIES, transient_retrying
+from scenestore.network import DEFAULT_RETRIES, transient_retrying
 from scenestore.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def ingest_items(
     *,
     max_workers: int = DEFAULT_SCENES_IN_FLIGHT,
     retries: int = DEFAULT_RETRIES,
-    backoff_s: float = DEFAULT_BACKOFF_S,
+    backoff_s: float | None = None,
     on_result: Callable[[IngestResult], None] | None = None,
 ) -> list[IngestResult]:
     """Download and store the missing bands of each scene, several scenes at a time.
@@ -43,7 +43,8 @@ def ingest_items(
         items: Scenes as items or ids.
         max_workers: Scenes in flight at once (>= 1).
         retries: Further attempts of a scene after a transient failure.
-        backoff_s: First retry delay in seconds; doubles on each retry, plus jitter.
+        backoff_s: First retry delay in seconds (default
+            :func:`scenestore.network.retry_backoff_s`); doubles on each retry, plus jitter.
         on_result: Called after each scene as it finishes, e.g. to advance a progress bar.
 
     Returns:

@@ -6,6 +6,8 @@ Timeouts come from the environment so a user can lengthen them without code:
 
 - ``SCENESTORE_HTTP_CONNECT_TIMEOUT``: seconds to wait for a connection (default 10).
 - ``SCENESTORE_HTTP_TIMEOUT``: seconds to wait for an answer's next bytes (default 60).
+- ``SCENESTORE_RETRY_BACKOFF``: first retry delay in seconds of the library and the CLI
+  (default 1; doubles on each retry). Flows take it per run (``options.retry_backoff_seconds``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ DEFAULT_READ_TIMEOUT_S = 60.0
 
 CONNECT_TIMEOUT_ENV = "SCENESTORE_HTTP_CONNECT_TIMEOUT"
 READ_TIMEOUT_ENV = "SCENESTORE_HTTP_TIMEOUT"
+BACKOFF_ENV = "SCENESTORE_RETRY_BACKOFF"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,15 @@ def timeouts() -> Timeouts:
     )
 
 
+def retry_backoff_s() -> float:
+    """The first retry delay in force: ``$SCENESTORE_RETRY_BACKOFF``, else the default.
+
+    Raises:
+        InvalidRequestError: If the variable is not a positive number.
+    """
+    return _seconds(BACKOFF_ENV, DEFAULT_BACKOFF_S)
+
+
 def set_timeout(seconds: float) -> None:
     """Make ``seconds`` this process's read timeout (the CLI's ``--timeout``)."""
     if not seconds > 0:
@@ -100,16 +112,19 @@ def set_timeout(seconds: float) -> None:
 def transient_retrying(
     retries: int = DEFAULT_RETRIES,
     *,
-    backoff_s: float = DEFAULT_BACKOFF_S,
+    backoff_s: float | None = None,
     what: str = "request",
 ) -> Retrying:
     """A tenacity ``Retrying`` that retries exactly :class:`TransientSourceError`.
 
     Args:
         retries: Further attempts after the first.
-        backoff_s: First delay in seconds; doubles on each retry, plus jitter.
+        backoff_s: First delay in seconds (default :func:`retry_backoff_s`); doubles on each
+            retry, plus jitter.
         what: What is retried, for the warning logged before each retry.
     """
+    if backoff_s is None:
+        backoff_s = retry_backoff_s()
 
     def log_retry(state: RetryCallState) -> None:
         err = state.outcome.exception() if state.outcome else None
@@ -138,6 +153,7 @@ __all__ = [
     "DEFAULT_JITTER",
     "DEFAULT_RETRIES",
     "Timeouts",
+    "retry_backoff_s",
     "set_timeout",
     "timeouts",
 ]

@@ -91,6 +91,9 @@ class Profile:
             the item properties) or ``"asset"`` (``proj:code`` on each band asset).
         signing: How hrefs are signed before reading (None: read as they are).
         s3: How ``s3://`` hrefs are read (None: the provider has none).
+        rate_limit: Requests per second this process sends to the provider's STAC API and
+            asset host together (None: no limit); see :mod:`scenestore.throttle`.
+        max_concurrent: Requests in flight at once to the provider (None: no cap).
     """
 
     name: str
@@ -102,6 +105,8 @@ class Profile:
     crs_on: Literal["item", "asset"] = "item"
     signing: HrefSigning | None = None
     s3: S3Access | None = None
+    rate_limit: float | None = None
+    max_concurrent: int | None = None
 
     def asset_key(self, band: str) -> str:
         """Return the asset key of a canonical band.
@@ -163,6 +168,9 @@ PROFILES: dict[str, Profile] = {
             description="Copernicus Data Space Ecosystem, sentinel-2-l2a (JPEG 2000 on s3://eodata)",
             crs_on="asset",
             s3=S3Access(default_endpoint=CDSE_S3_ENDPOINT, https=True, virtual_hosting=False),
+            # CDSE answers 429 at a few requests per second (issue #15).
+            rate_limit=4.0,
+            max_concurrent=4,
         ),
     )
 }

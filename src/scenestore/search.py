@@ -213,7 +213,7 @@ def search_scenes(
     prof = get_profile(profile)
     url = stac_url or prof.stac_url
     try:
-        client = open_client(url)
+        client = open_client(url, prof)
         search = client.search(
             collections=[prof.collection],
             intersects=query.geometry,
@@ -231,11 +231,120 @@ def search_scenes(
     return select_items(items, query)
 
 
-def open_client(url: str) -> Any:
-    """Open a pystac-client ``Client`` whose every request times out (:mod:`scenestore.network`)."""
+#: Ids asked of the STAC API per search request when fetching items by id.
+IDS_PER_REQUEST = 100
+
+
+@dataclass(frozen=True)
+class FetchedItems:
+    """What a fetch by ids found.
+
+    Attributes:
+        items: The items found, in the order their ids were given.
+        missing: The ids the API has no item for, in the order given.
+    """
+
+    items: list[pystac.Item]
+    missing: list[str]
+
+
+def fetch_items(
+    item_ids: Sequence[str],
+    *,
+    stac_url: str | None = None,
+    profile: str | Profile = "earth-search",
+    chunk_size: int = IDS_PER_REQUEST,
+) -> FetchedItems:
+    """Fetch items by id from a STAC API, ``chunk_size`` ids per search request.
+
+    One ``ids=`` search per chunk (with a page limit of the chunk's size, so a chunk is one
+    page on any server that allows that limit), never one request per id. The ids are STAC
+    item ids (map store identifiers first, :func:`scenestore.idlist.item_ids`); repeated ids
+    are asked once.
+
+    Args:
+        item_ids: STAC item ids of the profile's collection.
+        stac_url: STAC API root; defaults to the profile's.
+        profile: Provider profile name or object.
+        chunk_size: Ids per search request (1 or more).
+
+    Returns:
+        The items found and the ids not found.
+
+    Raises:
+        InvalidRequestError: If ``chunk_size`` is below 1.
+        SourceError: If the API cannot be reached or answers with an error
+            (:class:`TransientSourceError` for 5xx, 429 and connection failures).
+    """
+    from pystac_client.exceptions import APIError
+
+    if chunk_size < 1:
+        raise InvalidRequestError(f"Ids per request {chunk_size!r} is below 1; expected 1 or more.")
+    wanted = list(dict.fromkeys(item_ids))
+    prof = get_profile(profile)
+    url = stac_url or prof.stac_url
+    found: dict[str, pystac.Item] = {}
+    if wanted:
+        try:
+            client = open_client(url, prof)
+            for first in range(0, len(wanted), chunk_size):
+                chunk = wanted[first : first + chunk_size]
+                search = client.search(collections=[prof.collection], ids=chunk, limit=len(chunk))
+                for item in search.items():
+                    # A server that ignores `ids` would send the whole collection: keep only
+                    # what was asked, so a missing id can never look found.
+                    if item.id in chunk:
+                        found.setdefault(item.id, item)
+        except APIError as err:
+            raise api_error(err, url, "the items of a search by ids") from err
+        except OSError as err:
+            raise unreachable(err, url) from err
+        except ValueError as err:
+            raise malformed(err, url, "a STAC search result (JSON)") from err
+    return FetchedItems(
+        items=[found[i] for i in wanted if i in found],
+        missing=[i for i in wanted if i not in found],
+    )
+
+
+def merge_searches(
+    results: Sequence[tuple[str, Sequence[dict[str, Any]]]],
+) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Merge the items of several labelled queries, one item per id (pure).
+
+    Args:
+        results: ``(query label, item documents)`` per query, e.g. one per area.
+
+    Returns:
+        The distinct items sorted by sensing time and id, and the labels of the queries that
+        found each item id (in query order).
+    """
+    items: dict[str, dict[str, Any]] = {}
+    found_by: dict[str, list[str]] = {}
+    for label, docs in results:
+        for doc in docs:
+            items.setdefault(doc["id"], doc)
+            labels = found_by.setdefault(doc["id"], [])
+            if label not in labels:
+                labels.append(label)
+    ordered = sorted(
+        items.values(), key=lambda d: (str(d.get("properties", {}).get("datetime")), d["id"])
+    )
+    return ordered, found_by
+
+
+def open_client(url: str, profile: str | Profile = "earth-search") -> Any:
+    """Open a pystac-client ``Client`` whose every request times out (:mod:`scenestore.network`).
+
+    Every request goes through the profile's request budget (:mod:`scenestore.throttle`): a
+    rate and concurrency shared by all threads, paused by any 429/503 ``Retry-After``.
+    """
     from pystac_client import Client
 
-    return Client.open(url, timeout=timeouts().as_requests())
+    from scenestore.throttle import stac_io
+
+    limits = timeouts().as_requests()
+    return Client.open(url, timeout=limits, stac_io=stac_io(profile, limits))
 
 
 def malformed(err: Exception, url: str, expected: str) -> TransientSourceError:
@@ -356,4 +465,13 @@ def _server_filters(client: Any, query: SceneQuery) -> dict[str, Any]:
     return {}
 
 
-__all__ = ["SceneQuery", "build_query", "search_scenes", "select_items"]
+__all__ = [
+    "IDS_PER_REQUEST",
+    "FetchedItems",
+    "SceneQuery",
+    "build_query",
+    "fetch_items",
+    "merge_searches",
+    "search_scenes",
+    "select_items",
+]

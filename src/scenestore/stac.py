@@ -38,6 +38,7 @@ from scenestore.reflectance import reflectance_of
 from scenestore.search import api_error, malformed, open_client, unreachable
 from scenestore.store.arrays import FOOTPRINT_COVERAGE, json_safe
 from scenestore.store.layout import choose_chunk
+from scenestore.throttle import asset_read, reader_driver
 
 if TYPE_CHECKING:
     from odc.geo.crs import CRS
@@ -185,7 +186,7 @@ class StacStoreManager(StoreManager[pystac.Item]):
         item_id = self.item_id(item)
         try:
             found = list(
-                open_client(self.stac_url)
+                open_client(self.stac_url, self.profile)
                 .search(collections=[self.profile.collection], ids=[item_id], max_items=1)
                 .items()
             )
@@ -276,6 +277,8 @@ class StacStoreManager(StoreManager[pystac.Item]):
                 stac_cfg=stac_cfg,
                 groupby="id",
                 patch_url=lambda href: readable.get(href, href),
+                # every chunk read takes a slot of the provider's request budget
+                driver=reader_driver(self.profile, stac_cfg),
             )
             part = part.rename({key: b for b, key in group.items()})
             return part.isel(time=0, drop=True) if "time" in part.dims else part
@@ -348,22 +351,20 @@ class StacStoreManager(StoreManager[pystac.Item]):
         import rasterio
         from rasterio.errors import RasterioError
 
-        from scenestore.gdal import COG_OPTIONS
-        from scenestore.network import timeouts
+        from scenestore.gdal import cog_options
         from scenestore.sourcecheck import GridHeader, expected_header, header_mismatch
 
-        limits = timeouts()
-        env = {
-            **COG_OPTIONS,
-            "GDAL_HTTP_CONNECTTIMEOUT": f"{limits.connect_s:g}",
-            "GDAL_HTTP_TIMEOUT": f"{limits.read_s:g}",
-        }
+        env = cog_options()
         for band, key in keys.items():
             asset = item.assets[key]
             href = readable.get(asset.href, asset.href)
             expected = expected_header(asset.to_dict(), epsg, BAND_SPECS[band].dtype)
             try:
-                with rasterio.Env(**env), rasterio.open(href) as src:
+                with (
+                    asset_read(self.profile),
+                    rasterio.Env(**env),
+                    rasterio.open(href) as src,
+                ):
                     actual = GridHeader(
                         shape=(src.height, src.width),
                         transform=tuple(src.transform)[:6],

@@ -81,7 +81,7 @@ def faults(world: Any) -> Iterator[Callable[..., Any]]:
     """
     import odc.stac
 
-    from scenestore.gdal import COG_OPTIONS, configure_gdal
+    from scenestore.gdal import COG_OPTIONS, cog_options, configure_gdal
     from scenestore_world.faults import FaultPlan
 
     def apply(item: Any, count: int) -> Any:
@@ -92,9 +92,9 @@ def faults(world: Any) -> Iterator[Callable[..., Any]]:
     retries = COG_OPTIONS["GDAL_HTTP_MAX_RETRY"]
     # The header check before the load opens each COG with COG_OPTIONS, the load with odc's.
     COG_OPTIONS["GDAL_HTTP_MAX_RETRY"] = 0
-    odc.stac.configure_rio(cloud_defaults=True, **COG_OPTIONS)
+    odc.stac.configure_rio(cloud_defaults=True, **cog_options())
     try:
         yield apply
     finally:
         COG_OPTIONS["GDAL_HTTP_MAX_RETRY"] = retries
-        odc.stac.configure_rio(cloud_defaults=True, **COG_OPTIONS)
+        odc.stac.configure_rio(cloud_defaults=True, **cog_options())

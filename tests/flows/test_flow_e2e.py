@@ -46,7 +46,8 @@ def test_deployments_run_on_a_worker_against_the_offline_world(prefect_server, w
          "--param", "start=2024-06-01", "--param", "end=2024-06-05", *common],
         ["deployment", "run", "backfill/backfill", "--param", f"store={backfill_store}",
          "--param", "start=2024-06-01", "--param", "end=2024-06-14", "--param",
-         "window_unit=week", "--param", "poll_seconds=1", *common],
+         "window_unit=week", "--param", "poll_seconds=1", "--param", "mode=deployments",
+         *common],
     ])
     ingest_run, backfill_run = (UUID_RE.search(out).group(0) for out in outputs)
 

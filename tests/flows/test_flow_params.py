@@ -3,6 +3,7 @@ the retry defaults and the retry decision (the search cache key is tested in tes
 
 from __future__ import annotations
 
+import os
 import typing
 from datetime import date
 
@@ -124,7 +125,8 @@ def test_retry_defaults_are_the_library_s_everywhere():
     assert delays[0] == network.DEFAULT_BACKOFF_S
     library = inspect.signature(ingest.ingest_items).parameters
     assert library["retries"].default == network.DEFAULT_RETRIES
-    assert library["backoff_s"].default == network.DEFAULT_BACKOFF_S
+    assert library["backoff_s"].default is None  # network.retry_backoff_s(): env, else default
+    assert os.environ[network.BACKOFF_ENV] == f"{network.retry_backoff_s():g}"  # tests' 0.05
     assert inspect.signature(cli.ingest).parameters["retries"].default == network.DEFAULT_RETRIES
     assert inspect.signature(network.transient_retrying).parameters["retries"].default == (
         network.DEFAULT_RETRIES

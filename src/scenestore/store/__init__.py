@@ -12,8 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from scenestore.store._local import LocalClient
-from scenestore.store._memory import MemoryClient, memory_client
-from scenestore.store._object import ObjectClient, StoreURL, is_object_url, parse_store_url
+from scenestore.store._object import (
+    ObjectClient,
+    StoreURL,
+    is_object_url,
+    memory_client,
+    parse_store_url,
+)
 from scenestore.store.client import SceneLock, StoreClient
 from scenestore.store.scenes import SceneStore
 
@@ -63,7 +68,6 @@ def open_store(location: StoreLocation | SceneStore) -> SceneStore:
 __all__ = [
     "MEMORY_SCHEME",
     "LocalClient",
-    "MemoryClient",
     "ObjectClient",
     "SceneLock",
     "SceneStore",

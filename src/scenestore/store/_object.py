@@ -12,12 +12,17 @@ an S3-compatible server comes from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL
 There is no rename (``supports_rename`` is False): :meth:`ObjectClient.move` copies server-side,
 then deletes; put-if-absent is ``If-None-Match: *`` and the writer lock is a lease object made
 with conditional writes (:mod:`scenestore.store.lease`).
+
+``memory://<name>`` is the same client over obstore's in-process ``MemoryStore`` (conditional
+writes and ETags included): the fast backend of the conformance tests, on the object-store code
+path. Every caller in the process gets the same objects until :func:`forget` drops them.
 """
 
 from __future__ import annotations
 
 import builtins
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -184,19 +189,40 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+_memory_stores: dict[str, Any] = {}
+_memory_lock = threading.Lock()
+
+
+def memory_client(name: str) -> ObjectClient:
+    """The in-process store ``memory://<name>``, created empty on first use."""
+    from obstore.store import MemoryStore
+
+    with _memory_lock:
+        if name not in _memory_stores:
+            _memory_stores[name] = MemoryStore()
+        return ObjectClient(StoreURL("memory", name, ""), store=_memory_stores[name])
+
+
+def forget(name: str) -> None:
+    """Drop the memory store called ``name`` (its objects are gone)."""
+    with _memory_lock:
+        _memory_stores.pop(name, None)
+
+
 class ObjectClient:
     """The objects of one object-storage store, keys relative to its prefix.
 
     Args:
         url: The parsed store URL.
+        store: The obstore store to use (default: built from ``url`` on first use).
     """
 
     supports_rename = False
 
-    def __init__(self, url: StoreURL | str) -> None:
+    def __init__(self, url: StoreURL | str, *, store: Any = None) -> None:
         self.url = url if isinstance(url, StoreURL) else parse_store_url(url)
         self.location = str(self.url)
-        self._store: Any = None
+        self._store: Any = store
         self._zarr: Any = None
 
     def __repr__(self) -> str:

@@ -2,7 +2,8 @@
 
 The scene logic (:mod:`scenestore.store.scenes` and the modules beside it) is written once
 against :class:`StoreClient`; the backends are a directory (:mod:`._local`), an object store
-through obstore (:mod:`._object`) and process memory (:mod:`._memory`, for fast tests). The
+through obstore (:mod:`._object`; also ``memory://``, obstore's in-process store, for fast
+tests). The
 commit protocol needs only what every backend has: a whole-object put, put-if-absent, listing
 and deletion. Renaming a prefix is an optimisation (``supports_rename``): where it is atomic
 (a directory) a replaced band is promoted and a removed scene leaves every listing in one step;

@@ -19,25 +19,21 @@ touched: it is reported busy. On a directory nothing is ever followed out of the
 makes the removal refuse with :class:`~scenestore.errors.UnsafePathError`.
 
 What to remove is picked by pure selectors over the inventory (:func:`select_before`,
-:func:`select_not_in`); :func:`read_keep_list` reads the ``--not-in`` file.
+:func:`select_not_in`); the ``--not-in`` file is an id list (:mod:`scenestore.idlist`).
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
 
 from scenestore.errors import (
-    InvalidRequestError,
     LeaseHeldError,
     SceneBusyError,
     SceneNotFoundError,
 )
-from scenestore.ids import validate_identifier
 from scenestore.store.inventory import SceneInfo, check_store, scene_info
 from scenestore.store.layout import TRASH_DIR, lock_key, quicklook_key, scene_key
 from scenestore.store.scenes import SceneStore
@@ -175,72 +171,10 @@ def sensing_day(info: SceneInfo) -> date | None:
         return None
 
 
-def read_keep_list(path: Path) -> set[str]:
-    """Read the scenes to keep from a ``--not-in`` file.
-
-    Accepted forms:
-
-    * a text file with one scene identifier (or STAC item id) per line; blank lines and lines
-      starting with ``#`` are ignored;
-    * a GeoJSON FeatureCollection of STAC items (a STAC ItemCollection, e.g. a saved search) or
-      a single STAC item: their ``id`` values.
-
-    Returns:
-        The identifiers and item ids to keep.
-
-    Raises:
-        InvalidRequestError: If the file cannot be read, is broken JSON, an entry is not a safe
-            identifier, or it names nothing at all.
-    """
-    expected = (
-        "expected a text file of scene identifiers, one per line, or a STAC ItemCollection "
-        "(GeoJSON FeatureCollection) JSON file"
-    )
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise InvalidRequestError(
-            f"Cannot read keep list {str(path)!r}: {err.strerror}; {expected}."
-        ) from err
-    if text.lstrip().startswith("{"):
-        names = _item_ids(text, path, expected)
-    else:
-        names = [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
-    if not names:
-        raise InvalidRequestError(
-            f"Keep list {str(path)!r} names no scene, so every scene would be pruned; {expected}."
-        )
-    for name in names:
-        validate_identifier(name)
-    return set(names)
-
-
-def _item_ids(text: str, path: Path, expected: str) -> list[str]:
-    try:
-        doc = json.loads(text)
-    except ValueError as err:
-        raise InvalidRequestError(
-            f"Keep list {str(path)!r} is not valid JSON ({err}); {expected}."
-        ) from err
-    features = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
-    if doc.get("type") not in ("FeatureCollection", "Feature") or not isinstance(features, list):
-        raise InvalidRequestError(
-            f"Keep list {str(path)!r} is JSON of type {doc.get('type')!r}; {expected}."
-        )
-    ids = [f.get("id") for f in features if isinstance(f, dict)]
-    names = [i for i in ids if isinstance(i, str)]
-    if len(names) != len(ids):
-        raise InvalidRequestError(
-            f"Keep list {str(path)!r} has a feature without a string 'id'; {expected}."
-        )
-    return names
-
-
 __all__ = [
     "TRASH_DIR",
     "Removal",
     "empty_trash",
-    "read_keep_list",
     "remove_each",
     "remove_scene",
     "remove_scenes",

@@ -125,18 +125,21 @@ class SceneStore:
         as missing (so a rerun fetches it again) and ``verify`` reports it. Reads every record
         (a few hundred bytes each).
         """
-        good, bad = set(), {}
+        records, bad = self.records(identifier)
+        return set(records), bad
+
+    def records(self, identifier: str) -> tuple[dict[str, CommitRecord], dict[str, str]]:
+        """Each committed band's parsed record, and each damaged record's problem."""
+        good, bad = {}, {}
         for band in self.recorded_bands(identifier):
             key = commit_key(identifier, band)
             payload = self.client.get(key)
             if payload is None:  # withdrawn since the listing
                 continue
             try:
-                parse_record(payload, band=band, where=self.client.href(key))
+                good[band] = parse_record(payload, band=band, where=self.client.href(key))
             except DamagedSceneError as err:
                 bad[band] = str(err)
-            else:
-                good.add(band)
         return good, bad
 
     def committed_bands(self, identifier: str) -> set[str]:
@@ -429,7 +432,7 @@ class SceneStore:
             DamagedSceneError: If the scene's or a band's metadata, a commit record or (when
                 read, or checked with ``verify``) a chunk is damaged.
         """
-        present, bad = self.committed(identifier)
+        present, bad = self.records(identifier)
         key = scene_key(identifier)
         if not self.client.exists(f"{key}/{_GROUP_JSON}"):
             if present or bad:
@@ -454,10 +457,10 @@ class SceneStore:
         for band in bands:
             meta = self.array_meta(identifier, band)
             if verify:
-                record = self.read_commit(identifier, band)
-                problem = (
-                    None if record is None else layout_mismatch(meta, record)
-                ) or self.chunks_problem(identifier, band, record)
+                record = present[band]
+                problem = layout_mismatch(meta, record) or self.chunks_problem(
+                    identifier, band, record
+                )
                 if problem:
                     raise damaged(identifier, band, problem)
         store = CheckedStore(self.client.zarr_store(read_only=True), identifier, root=key)

@@ -8,12 +8,14 @@ the same sequence of requests injects the same faults. Both are free of I/O: the
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import fnmatch
 import math
 import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -57,6 +59,12 @@ class FaultPlan:
             without the query (``"S2B_.../B04.tif"``, ``"search"``); ``*`` also matches ``/``.
         seed: Seed of the RNG that picks the faulted requests.
         max_faults: Stop injecting after this many faults (latency continues); None: no cap.
+        max_rps: Serve at most this many matching requests per ``rate_window_s`` seconds
+            window (sliding, over all clients together, scaled: ``max_rps * rate_window_s``
+            requests per window); the rest are answered ``429`` with a ``Retry-After`` of
+            the whole seconds until the window has room. Like a provider's rate limit, and
+            apart from the fractions and ``max_faults``. None: no rate limit.
+        rate_window_s: Length of the sliding window of ``max_rps``, in seconds.
     """
 
     status_503: float = 0.0
@@ -68,8 +76,27 @@ class FaultPlan:
     path_glob: str = "*"
     seed: int = 0
     max_faults: int | None = None
+    max_rps: float | None = None
+    rate_window_s: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.max_rps is not None and (
+            isinstance(self.max_rps, bool)
+            or not isinstance(self.max_rps, int | float)
+            or not 0 < self.max_rps < math.inf
+        ):
+            raise InvalidRequestError(
+                f"Fault max_rps={self.max_rps!r} is unusable; expected requests per second > 0 "
+                "or None."
+            )
+        if (
+            isinstance(self.rate_window_s, bool)
+            or not isinstance(self.rate_window_s, int | float)
+            or not 0 < self.rate_window_s < math.inf
+        ):
+            raise InvalidRequestError(
+                f"Fault rate_window_s={self.rate_window_s!r} is unusable; expected seconds > 0."
+            )
         for kind in _FRACTIONS:
             share = getattr(self, kind.value)
             if isinstance(share, bool) or not isinstance(share, int | float):
@@ -191,6 +218,8 @@ class FaultInjector:
         self.plan = plan
         self._rng = random.Random(plan.seed if plan else 0)
         self._injected = 0
+        self._throttled = 0
+        self._served: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
 
     @property
@@ -199,18 +228,45 @@ class FaultInjector:
         with self._lock:
             return self._injected
 
+    @property
+    def throttled(self) -> int:
+        """Requests answered 429 for going over ``max_rps`` under this plan."""
+        with self._lock:
+            return self._throttled
+
     def decide(self, path: str) -> Decision:
         """The decision for the next request for ``path`` (no leading ``/``, no query)."""
         plan = self.plan
         if plan is None or not plan.matches(path):
             return NO_FAULT
         with self._lock:
+            if plan.max_rps is not None:
+                wait = self._over_rate(plan, time.monotonic())
+                if wait is not None:
+                    self._throttled += 1
+                    return Decision(FaultKind.STATUS_429, float(plan.latency_s), wait)
             fault = choose_fault(plan, self._rng.random())
             if plan.max_faults is not None and self._injected >= plan.max_faults:
                 fault = None
             if fault is not None:
                 self._injected += 1
         return Decision(fault, float(plan.latency_s), plan.retry_after)
+
+    def _over_rate(self, plan: FaultPlan, now: float) -> int | None:
+        """None if the request may be served (and count it), else its ``Retry-After``.
+
+        Only served requests fill the window: a client that keeps asking while throttled
+        is refused, but is not locked out once the window has room again.
+        """
+        window = float(plan.rate_window_s)
+        allowed = max(1, math.floor(float(plan.max_rps or 0) * window + 1e-9))
+        served = self._served
+        while served and served[0] <= now - window:
+            served.popleft()
+        if len(served) < allowed:
+            served.append(now)
+            return None
+        return max(1, math.ceil(served[0] + window - now))
 
 
 __all__ = ["NO_FAULT", "Decision", "FaultInjector", "FaultKind", "FaultPlan", "choose_fault"]

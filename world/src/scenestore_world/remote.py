@@ -154,6 +154,8 @@ class WorldServers:
         stac_faults: Fault plan of the STAC proxy.
         upstream: STAC API the proxy relays to (can be set later: :meth:`set_upstream`).
         startup_timeout: Seconds to wait for the process to be ready.
+        port: File server port (0: any free port).
+        stac_port: STAC proxy port (0: any free port).
 
     Attributes:
         cog: Counters and faults of the file server.
@@ -169,9 +171,13 @@ class WorldServers:
         stac_faults: FaultPlan | None = None,
         upstream: str | None = None,
         startup_timeout: float = 30.0,
+        port: int = 0,
+        stac_port: int = 0,
     ) -> None:
         self.root = Path(root)
         self.host = host
+        self.port = port
+        self.stac_port = stac_port
         self.startup_timeout = startup_timeout
         self._faults = faults
         self._stac_faults = stac_faults
@@ -199,6 +205,10 @@ class WorldServers:
             self.host,
             "--exit-on-stdin-eof",
         ]
+        if self.port:
+            cmd += ["--port", str(self.port)]
+        if self.stac_port:
+            cmd += ["--stac-port", str(self.stac_port)]
         if self._upstream:
             cmd += ["--stac-upstream", self._upstream]
         if self._faults is not None:

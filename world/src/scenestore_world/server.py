@@ -96,6 +96,8 @@ class OfflineWorld:
         stac_faults: Fault plan of the STAC API (its proxy); applied once every item is
             searchable (none by default).
         startup_timeout: Seconds to wait for the servers and the STAC API to serve every item.
+        stac_port: Port of the STAC API on 127.0.0.1 (0: any free port, chosen per start).
+        data_port: Port of the COG file server on 127.0.0.1 (0: any free port).
 
     Attributes:
         stac_url: Root URL of the STAC API (the faulting proxy), e.g. ``http://127.0.0.1:40123``.
@@ -116,8 +118,12 @@ class OfflineWorld:
         faults: FaultPlan | None = None,
         stac_faults: FaultPlan | None = None,
         startup_timeout: float = 30.0,
+        stac_port: int = 0,
+        data_port: int = 0,
     ) -> None:
         self.directory = Path(directory)
+        self.stac_port = stac_port
+        self.data_port = data_port
         self.scenes = scenes
         self.size = size
         self.seed = seed
@@ -140,7 +146,11 @@ class OfflineWorld:
                 self.directory, scenes=self.scenes, size=self.size, seed=self.seed
             )
             servers = WorldServers(
-                self.manifest.data_dir, faults=self._faults, startup_timeout=self.startup_timeout
+                self.manifest.data_dir,
+                faults=self._faults,
+                startup_timeout=self.startup_timeout,
+                port=self.data_port,
+                stac_port=self.stac_port,
             )
             self.servers = servers.start()
             stack.callback(servers.stop)
@@ -175,6 +185,32 @@ class OfflineWorld:
             and self.servers is not None
             and self.servers.is_alive()
         )
+
+    def coverage(self) -> list[str]:
+        """What the world serves, one line per MGRS tile: dates, scene count and bbox.
+
+        Returns:
+            Lines such as ``39QTA  2024-06-01..2024-06-11  3 scenes  bbox 48.15,18.92,48.2,18.97``
+            (the bbox in degrees, west,south,east,north, ready for ``--bbox``).
+
+        Raises:
+            SourceError: If the world is not running.
+        """
+        if not self.items or self.manifest is None:
+            raise SourceError("OfflineWorld is not running; enter the context first.")
+        tiles = {scene.id: scene.tile for scene in self.manifest.scenes}
+        by_tile: dict[str, list[pystac.Item]] = {}
+        for item in self.items:
+            by_tile.setdefault(tiles[item.id], []).append(item)
+        lines = []
+        for tile, items in sorted(by_tile.items()):
+            days = sorted(str(i.datetime.date()) for i in items if i.datetime is not None)
+            boxes = [i.bbox for i in items if i.bbox]
+            w, s, e, n = (min(b[0] for b in boxes), min(b[1] for b in boxes),
+                          max(b[2] for b in boxes), max(b[3] for b in boxes))
+            lines.append(f"{tile}  {days[0]}..{days[-1]}  {len(items)} scenes  "
+                         f"bbox {w:.5f},{s:.5f},{e:.5f},{n:.5f}")
+        return lines
 
     def set_faults(self, *, cog: FaultPlan | None = KEEP, stac: FaultPlan | None = KEEP) -> None:
         """Set the fault plans from the next request on; an omitted server keeps its plan.
@@ -340,6 +376,8 @@ def serve_forever(
     *,
     faults: FaultPlan | None = None,
     stac_faults: FaultPlan | None = None,
+    stac_port: int = 0,
+    data_port: int = 0,
 ) -> None:
     """Serve an offline world until Ctrl-C or SIGTERM, then stop cleanly.
 
@@ -351,6 +389,8 @@ def serve_forever(
         on_ready: Called once with the running world (e.g. to print ``world.stac_url``).
         faults: Fault plan of the COG file server (none by default).
         stac_faults: Fault plan of the STAC API (none by default).
+        stac_port: Port of the STAC API (0: any free port).
+        data_port: Port of the COG file server (0: any free port).
 
     Raises:
         SourceError: If the STAC API cannot start or dies while serving.
@@ -371,6 +411,8 @@ def serve_forever(
             seed=seed,
             faults=faults,
             stac_faults=stac_faults,
+            stac_port=stac_port,
+            data_port=data_port,
         ) as world:
             if on_ready is not None:
                 on_ready(world)

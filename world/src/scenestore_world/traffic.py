@@ -47,6 +47,7 @@ class RequestRecord:
         range: The ``Range`` header as received, or None.
         bytes_sent: Body bytes written (0 for HEAD).
         fault: The injected :class:`~scenestore_world.faults.FaultKind` value, or None.
+        at: When the request was received (``time.time()``), to measure request rates.
     """
 
     method: str
@@ -55,6 +56,7 @@ class RequestRecord:
     range: str | None
     bytes_sent: int
     fault: str | None = None
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -370,6 +372,7 @@ class WorldHandler(BaseHTTPRequestHandler):
             return
         traffic: Traffic = self.server.owner.traffic
         key = self.request_key()
+        received = time.time()
         traffic.begin()
         decision = NO_FAULT
         try:
@@ -399,6 +402,7 @@ class WorldHandler(BaseHTTPRequestHandler):
                     self.headers.get("Range"),
                     self._sent,
                     decision.fault.value if decision.fault else None,
+                    received,
                 )
             )
 

@@ -1,0 +1,207 @@
+"""A one-year monthly ``backfill`` of a small area beside ``scenestore ingest`` of the same range.
+
+One run, against one offline world (a year of tiny scenes, one every 3 days over three MGRS
+tiles; the box covers part of one tile, so a third of them match):
+
+* ingest   - ``scenestore ingest`` over the whole year in one go, in a fresh process;
+* backfill - the ``backfill`` flow over the same year in 12 monthly windows, in a fresh
+             process, against a ``prefect server`` started for it (SQLite, its own
+             PREFECT_HOME). ``--mode subflows`` (the default) runs the windows in that process;
+             ``--mode deployments`` also creates the work pool, deploys deployments/ and starts a
+             worker, and each window is a run of ``ingest/on-demand`` on that worker.
+
+Each writes into a fresh store. Printed side by side: wall time of each process (imports
+included), the time of the work itself (the search and downloads, or the flow call), and the
+Prefect API calls the backfill process made (HTTP requests to the API, counted in the process;
+with ``--mode deployments`` the worker's and the window runs' own calls are not included).
+"run reads" are its reads of flow runs: the polls in deployments mode (in subflows mode,
+Prefect's own look-up of each subflow run). The last line is one JSON object with the figures.
+
+    uv run --frozen python scripts/bench_backfill.py                  # subflows (default)
+    uv run --frozen python scripts/bench_backfill.py --mode deployments
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / ".bench"
+#: One scene every 3 days from 2024-06-01 for a year (the world's plan).
+SCENES = 122
+START = date(2024, 6, 1)
+END = date(2025, 5, 31)
+BANDS = ["B02", "B03", "B04", "B08", "SCL"]
+
+
+def small_box(world: Any) -> dict[str, float]:
+    """A box inside the footprint of the world's first scene (so one tile's scenes match)."""
+    west, south, east, north = world.items[0].bbox
+    dx, dy = (east - west) / 4, (north - south) / 4
+    return {"west": west + dx, "south": south + dy, "east": east - dx, "north": north - dy}
+
+
+def run_ingest(world: Any, bbox: dict[str, float], store: Path) -> dict[str, Any]:
+    """``scenestore ingest`` over the year in a fresh process; wall time and its summary."""
+    exe = Path(sys.executable).parent / "scenestore"
+    box = ",".join(str(bbox[k]) for k in ("west", "south", "east", "north"))
+    cmd = [str(exe), "ingest", "--store", str(store), "--stac-url", world.stac_url,
+           "--bbox", box, "--start", START.isoformat(), "--end", END.isoformat(),
+           "--bands", ",".join(BANDS)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"scenestore ingest failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {"wall_s": wall, "output": proc.stdout.strip().splitlines()[-1:]}
+
+
+def run_backfill(world: Any, bbox: dict[str, float], store: Path, mode: str,
+                 tmp: Path) -> dict[str, Any]:
+    """The backfill flow in a fresh process against a ``prefect server`` started for it."""
+    sys.path[:0] = [str(ROOT / "tests" / "flows")]
+    from prefect_server import running_server
+
+    with running_server(tmp) as server:
+        if mode == "deployments":
+            server.deploy_with_worker(pool_from_cli=False)
+        cmd = [sys.executable, __file__, "--variant", "backfill", "--mode", mode,
+               "--store", str(store), "--stac-url", world.stac_url, "--bbox", json.dumps(bbox)]
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=server.env, cwd=ROOT,
+                              check=False)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"backfill failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                             f"{proc.stderr[-3000:]}\n{server.tail()}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    return result
+
+
+def _count_api_calls(api_url: str) -> Counter[str]:
+    """Count this process's HTTP requests to the Prefect API, by ``METHOD /path``."""
+    import httpx
+
+    calls: Counter[str] = Counter()
+
+    def key(request: httpx.Request) -> str | None:
+        url = str(request.url)
+        if not url.startswith(api_url):
+            return None
+        path = url[len(api_url):].split("?", 1)[0]
+        # Collapse ids so the counter groups calls by endpoint.
+        parts = ["{id}" if len(p) == 36 and p.count("-") == 4 else p for p in path.split("/")]
+        return f"{request.method} {'/'.join(parts)}"
+
+    sync_send, async_send = httpx.Client.send, httpx.AsyncClient.send
+
+    def send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        if (name := key(request)) is not None:
+            calls[name] += 1
+        return sync_send(self, request, **kwargs)
+
+    async def asend(self: httpx.AsyncClient, request: httpx.Request,
+                    **kwargs: Any) -> httpx.Response:
+        if (name := key(request)) is not None:
+            calls[name] += 1
+        return await async_send(self, request, **kwargs)
+
+    httpx.Client.send = send  # type: ignore[method-assign]
+    httpx.AsyncClient.send = asend  # type: ignore[method-assign]
+    return calls
+
+
+def variant_backfill(args: argparse.Namespace) -> None:
+    """In the child process: run the flow, print its figures as one JSON line."""
+    sys.path.insert(0, str(ROOT))
+    calls = _count_api_calls(os.environ["PREFECT_API_URL"])
+    from flows.backfill import backfill
+
+    started = time.perf_counter()
+    state = backfill(
+        store=args.store, start=START, end=END, bbox=json.loads(args.bbox), bands=BANDS,
+        stac_url=args.stac_url, mode=args.mode, return_state=True,
+    )
+    flow_s = time.perf_counter() - started
+    if not state.is_completed():
+        raise SystemExit(f"backfill ended {state.name}: {state.message}")
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # the batched log posts belong to the run's cost
+    # Reads of flow runs: the polls in deployments mode (in subflows mode Prefect's own
+    # look-up of each subflow run, one per window).
+    reads = sum(n for k, n in calls.items() if k == "POST /flow_runs/filter")
+    print(json.dumps({"flow_s": flow_s, "api_calls": sum(calls.values()), "run_reads": reads,
+                      "windows": len(state.result()["windows"]),
+                      "calls_by_endpoint": dict(calls.most_common(8))}))
+
+
+def stored_scenes(store: Path) -> int:
+    """Scenes in a store (directories of scenes)."""
+    return sum(1 for _ in store.glob("*.zarr")) if store.exists() else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("subflows", "deployments"), default="subflows",
+                        help="how the backfill runs its windows")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--stac-url", help=argparse.SUPPRESS)
+    parser.add_argument("--bbox", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant == "backfill":
+        variant_backfill(args)
+        return
+
+    from scenestore_world import OfflineWorld
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    BENCH_DIR.mkdir(exist_ok=True)
+    world_dir = BENCH_DIR / f"world-tiny-{SCENES}"
+    print(f"Offline world: {SCENES} tiny scenes in {world_dir} (generated once, then cached)")
+    with (
+        OfflineWorld(world_dir, scenes=SCENES, size="tiny", seed=7) as world,
+        tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix="backfill-") as tmp_dir,
+    ):
+        tmp = Path(tmp_dir)
+        bbox = small_box(world)
+        last = START + timedelta(days=3 * (SCENES - 1))
+        print(f"Range {START}..{END} (scenes to {last}), box {bbox}, bands {','.join(BANDS)}")
+        ingest = run_ingest(world, bbox, tmp / "ingest-store")
+        (tmp / "prefect").mkdir()
+        backfill = run_backfill(world, bbox, tmp / "backfill-store", args.mode, tmp / "prefect")
+        scenes = {name: stored_scenes(tmp / f"{name}-store") for name in ("ingest", "backfill")}
+    if scenes["ingest"] != scenes["backfill"] or not scenes["ingest"]:
+        raise SystemExit(f"the two stores differ: {scenes}")
+    ratio = backfill["wall_s"] / ingest["wall_s"]
+    print(f"\n{'':<26}{'wall s':>9}{'flow s':>9}{'API calls':>11}{'run reads':>11}")
+    print(f"{'scenestore ingest':<26}{ingest['wall_s']:>9.1f}{'':>9}{'-':>11}{'-':>11}")
+    print(f"{'backfill (' + args.mode + ')':<26}{backfill['wall_s']:>9.1f}"
+          f"{backfill['flow_s']:>9.1f}{backfill['api_calls']:>11}{backfill['run_reads']:>11}")
+    print(f"\n{scenes['ingest']} scenes stored by each, {backfill['windows']} windows; "
+          f"backfill / ingest: {ratio:.2f}x (target: 2x or less)")
+    print(f"API calls by endpoint: {backfill['calls_by_endpoint']}")
+    print(json.dumps({
+        "mode": args.mode, "scenes": scenes["ingest"], "windows": backfill["windows"],
+        "ingest_wall_s": round(ingest["wall_s"], 2),
+        "backfill_wall_s": round(backfill["wall_s"], 2),
+        "backfill_flow_s": round(backfill["flow_s"], 2),
+        "backfill_vs_ingest": round(ratio, 2),
+        "backfill_api_calls": backfill["api_calls"], "backfill_run_reads": backfill["run_reads"],
+    }))
+
+
+if __name__ == "__main__":
+    main()
