@@ -52,10 +52,10 @@ from flows.params import (
     BandName,
     BBox,
     CloudCover,
-    EndDate,
     IngestRequest,
     MgrsTile,
     ProfileName,
+    RequiredEndDate,
     RunOptions,
     StoreSpec,
 )
@@ -188,7 +188,7 @@ class WindowBoard:
 def backfill(
     store: str,
     start: date,
-    end: EndDate,
+    end: RequiredEndDate,
     bbox: BBox | None = None,
     aoi: AoiParam = None,
     bands: list[BandName] = DEFAULT_BANDS,

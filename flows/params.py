@@ -101,6 +101,8 @@ def _aoi_without_bbox(aoi: dict[str, Any] | None, info: ValidationInfo) -> dict[
 #: The last sensing day of a flow, checked against the ``start`` parameter declared before it
 #: (so a run whose end is before its start fails before the flow body, naming ``end``).
 EndDate = Annotated[date | None, AfterValidator(_end_not_before_start)]
+#: The same for a required end (a plain date in the schema: the UI shows its date picker).
+RequiredEndDate = Annotated[date, AfterValidator(_end_not_before_start)]
 
 #: A GeoJSON area of interest, checked against the ``bbox`` parameter declared before it (both
 #: set fails before the flow body, naming ``aoi``).
@@ -519,6 +521,7 @@ __all__ = [
     "BandName",
     "CloudCover",
     "EndDate",
+    "RequiredEndDate",
     "IngestRequest",
     "ItemId",
     "LookbackDays",

@@ -36,18 +36,9 @@ from scenestore.throttle import (
     set_fleet_gate,
 )
 from scenestore_world import FaultPlan, OfflineWorld
+from scenestore_world.traffic import most_in_window
 
 BBOX = "-180,-80,180,80"
-
-
-def most_in_window(times: list[float], window: float = 1.0) -> int:
-    """The most timestamps in any half-open window of ``window`` seconds."""
-    ordered, first, best = sorted(times), 0, 0
-    for last, t in enumerate(ordered):
-        while ordered[first] <= t - window:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
 
 
 @pytest.fixture(scope="module")

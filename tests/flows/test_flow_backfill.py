@@ -5,17 +5,12 @@ before any run starts. The deployments of deployments/ on a worker: test_flow_e2
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from datetime import date
 from pathlib import Path
 
 import pytest
-from flow_helpers import BANDS, WORLD_BBOX, artifacts, flow_logs
+from flow_helpers import BANDS, WORLD_BBOX, artifacts
 from flows.backfill import backfill, window_parameters
 from flows.ingest import ingest
 from flows.params import IngestRequest, RunOptions
@@ -103,74 +98,6 @@ def _progress(state) -> float:
     (progress,) = [a for a in artifacts(state.state_details.flow_run_id)
                    if a.key == "backfill-progress"]
     return float(progress.data)
-
-
-@pytest.fixture
-def served_ingest(prefect_api, tmp_path) -> Path:
-    """Deployment ingest/on-demand on a process work pool, and a worker in another process.
-
-    The deployment runs flows/ingest.py from the repository root, as deployments/prefect.yaml
-    has it; the worker starts each window run as its own process.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.workers.process import ProcessWorker
-
-    pool = f"backfill-test-{tmp_path.name}"[:60]
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(
-            name=pool, type="process",
-            base_job_template=ProcessWorker.get_default_base_job_template()))
-        client.create_deployment(
-            flow_id=client.create_flow_from_name("ingest"), name="on-demand",
-            work_pool_name=pool, path=str(REPO), entrypoint="flows/ingest.py:ingest",
-            parameter_openapi_schema=ingest.parameters.model_dump())
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    log = tmp_path / "worker.log"
-    with open(log, "wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "4"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-    try:
-        yield log
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)  # the worker and its runs: their own group
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(timeout=10)
-
-
-# A worker and two run processes: slow on 2 busy cores (40 s idle, 190 s at load 6).
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_deployments_mode_starts_window_runs_in_date_order_and_polls_in_bulk(
-    world, store, served_ingest
-):
-    started = time.monotonic()
-    state = backfill(store=str(store), start=date(2024, 6, 1), end=date(2024, 6, 14),
-                     bbox=WORLD_BBOX, bands=BANDS, stac_url=world.stac_url, window_unit="week",
-                     mode="deployments", deployment="ingest/on-demand", poll_seconds=1,
-                     return_state=True)
-    elapsed = time.monotonic() - started
-
-    assert state.is_completed(), f"{state.message}\n{served_ingest.read_text()[-3000:]}"
-    windows = sorted(child_runs(state), key=lambda r: r.expected_start_time)
-    assert [r.name for r in windows] == ["ingest 2024-06-01..2024-06-07",
-                                         "ingest 2024-06-08..2024-06-14"]
-    assert all(r.deployment_id for r in windows), "each window is a run of the deployment"
-    assert [r["status"] for r in _table(state, "backfill-windows")] == ["Completed"] * 2
-    assert _progress(state) == 100.0
-    mgr = StacStoreManager(BANDS, store, stac_url=world.stac_url)
-    assert all(mgr.complete(mgr.identifier(i)) for i in world.items)
-    # One read for all window runs per poll, and the interval grows while none finishes:
-    # far fewer than the one read per window per second of polling every poll_seconds.
-    (line,) = [r.message for r in flow_logs(state.state_details.flow_run_id)
-               if "polls (one API call each)" in r.message]
-    polls = int(line.split(" after ")[1].split()[0])
-    assert 1 <= polls <= max(4, elapsed / 3), (polls, elapsed)
 
 
 def test_window_parameters_are_what_the_ingest_deployment_takes():

@@ -60,6 +60,15 @@ def test_deployments_run_on_a_worker_against_the_offline_world(prefect_server, w
     assert sorted((r["parameters"]["start"], r["state"]["type"]) for r in windows) == [
         ("2024-06-01", "COMPLETED"), ("2024-06-08", "COMPLETED")]
     assert all(r["deployment_id"] for r in windows), "each window is a run of the deployment"
+    in_order = sorted(windows, key=lambda r: r["expected_start_time"])
+    assert [r["name"] for r in in_order] == ["ingest 2024-06-01..2024-06-07",
+                                             "ingest 2024-06-08..2024-06-14"], "date order"
+    # One read for all window runs per poll, the interval growing while none finishes.
+    server.wait_log(backfill_run, "polls (one API call each)", 10)
+    artifacts = server.api("POST", "/artifacts/filter", json={
+        "artifacts": {"flow_run_id": {"any_": [backfill_run]}}})
+    keys = {a["key"] for a in artifacts}  # type: ignore[union-attr]
+    assert {"backfill-windows", "backfill-progress"} <= keys, keys
 
     mgr = StacStoreManager(BANDS, on_demand_store, stac_url=world.stac_url)
     early = [i for i in world.items if str(i.datetime.date()) <= "2024-06-05"]

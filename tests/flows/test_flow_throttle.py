@@ -23,6 +23,7 @@ from flows.throttle import ensure_provider_limits, provider_limits
 
 from scenestore.throttle import RATE_ENV
 from scenestore_world import FaultPlan, OfflineWorld
+from scenestore_world.traffic import most_in_window
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -32,15 +33,6 @@ import json, sys
 from flows.ingest import ingest
 print(json.dumps(ingest(**json.loads(sys.argv[1]))))
 """
-
-
-def most_in_window(times: list[float], window: float = 1.0) -> int:
-    ordered, first, best = sorted(times), 0, 0
-    for last, t in enumerate(ordered):
-        while ordered[first] <= t - window:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,16 @@ def summarise(records: Iterable[RequestRecord]) -> dict[str, PathStats]:
     }
 
 
+def most_in_window(times: Iterable[float], window: float = 1.0) -> int:
+    """The most timestamps (e.g. :attr:`RequestRecord.at`) in any half-open ``window`` seconds."""
+    ordered, first, best = sorted(times), 0, 0
+    for last, t in enumerate(ordered):
+        while ordered[first] <= t - window:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
 class TrafficView(abc.ABC):
     """Read side of a server's request counters: derived views over :meth:`requests`."""
 
@@ -437,6 +447,7 @@ class WorldHandler(BaseHTTPRequestHandler):
 
 
 __all__ = [
+    "most_in_window",
     "CONTROL_PREFIX",
     "Controls",
     "PathStats",
