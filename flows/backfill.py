@@ -62,6 +62,7 @@ from flows.params import (
 from flows.report import crash_hook
 from flows.tasks import check_scenes
 from flows.windows import DateWindow, WindowUnit, split_windows
+from scenestore.aoi import sensing_day
 from scenestore.errors import InvalidRequestError
 from scenestore.redact import redact
 
@@ -308,11 +309,7 @@ def window_is_complete(
 def _sensing_day(item: dict[str, Any]) -> date | None:
     """The UTC day of an item's ``datetime`` (its ``start_datetime`` without one), or None."""
     props = item.get("properties") or {}
-    text = props.get("datetime") or props.get("start_datetime")
-    try:
-        return datetime.fromisoformat(str(text)).astimezone(UTC).date()
-    except ValueError:
-        return None
+    return sensing_day(props.get("datetime") or props.get("start_datetime"))
 
 
 def window_parameters(

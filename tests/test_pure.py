@@ -220,3 +220,14 @@ def test_row_strips_of_a_full_tile_cover_whole_chunks():
     strips = ((1830,) * 6, (10980,))
     assert covers_whole_chunks(strips, (1830, 1830), (10980, 10980))
     assert not covers_whole_chunks(((1000, 9980), (10980,)), (1830, 1830), (10980, 10980))
+
+
+def test_sensing_day_is_the_utc_day_of_an_iso_time():
+    from datetime import date
+
+    from scenestore.aoi import sensing_day
+
+    assert sensing_day("2024-06-01T10:20:30Z") == date(2024, 6, 1)
+    assert sensing_day("2024-06-01T23:30:00-02:00") == date(2024, 6, 2)
+    assert sensing_day("2024-06-01T10:20:30") == date(2024, 6, 1)  # no offset: UTC
+    assert sensing_day(None) is None and sensing_day("not a time") is None

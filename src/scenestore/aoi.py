@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,20 @@ def parse_date(value: str | date, *, name: str = "date") -> date:
         return date.fromisoformat(str(value).strip())
     except ValueError:
         raise InvalidRequestError(f"Invalid {name} {value!r}; expected YYYY-MM-DD.") from None
+
+
+def sensing_day(text: object) -> date | None:
+    """The UTC day of an ISO 8601 sensing time (``2024-06-01T10:20:30Z``), or None if unreadable.
+
+    A time without an offset is taken as UTC, as STAC's ``datetime`` always is.
+    """
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC).date()
 
 
 def check_date_range(start: date, end: date) -> None:

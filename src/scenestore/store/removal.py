@@ -27,8 +27,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 
+from scenestore.aoi import sensing_day as day_of
 from scenestore.errors import (
     LeaseHeldError,
     SceneBusyError,
@@ -163,12 +164,7 @@ def select_not_in(infos: Iterable[SceneInfo], keep: set[str]) -> list[SceneInfo]
 
 def sensing_day(info: SceneInfo) -> date | None:
     """The UTC sensing day of a scene, or None when its attributes record no datetime."""
-    if not info.datetime:
-        return None
-    try:
-        return datetime.fromisoformat(str(info.datetime).replace("Z", "+00:00")).date()
-    except ValueError:
-        return None
+    return day_of(info.datetime)
 
 
 __all__ = [
