@@ -41,6 +41,7 @@ from scenestore_world import (
     plan_scenes,
     resolve_size,
 )
+from scenestore_world.cogs import NOISE_SIGMA, SceneSynthesizer
 
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MAX_RETRY": "0"}
 ID_PATTERN = re.compile(r"^S2[AB]_\d{2}[C-X][A-Z]{2}_\d{8}_0_L2A$")
@@ -412,6 +413,33 @@ def test_pixels_are_plausible_and_consistent_with_the_item(world: OfflineWorld) 
             assert 1000 < np.median(values) < 7000  # +1000 BOA offset of baseline >= 04.00
     assert any(s.nodata_corner for s in world.manifest.scenes)
     assert any(not s.nodata_corner for s in world.manifest.scenes)
+
+
+def test_pixels_have_the_spatial_and_spectral_structure_of_l2a() -> None:
+    # the first scene of the benchmark's small world: clear enough to see land, lakes and fields
+    scene = plan_scenes(1, size="small", seed=7)[0]
+    synth = SceneSynthesizer(scene)
+    rows = scene.shape(20)[0]
+    at10 = synth.strip(10, 0, 2 * rows, ["B04", "B08"])
+    at20 = synth.strip(20, 0, rows, ["B11", "SCL"])
+    red, nir = (at10[b].astype(np.float64) for b in ("B04", "B08"))
+    scl = np.repeat(np.repeat(at20["SCL"], 2, 0), 2, 1)
+    swir = at20["B11"].astype(np.float64)
+    # spatially correlated, neither flat nor noise: neighbours differ by far less than the band
+    # spreads, and by far more than the few DN of sensor noise
+    dx = np.diff(nir, axis=1)
+    assert np.corrcoef(nir[:, :-1].ravel(), nir[:, 1:].ravel())[0, 1] > 0.9
+    assert 4 * NOISE_SIGMA[10] < np.std(dx) < 0.5 * np.std(nir)
+    # reflectances as over real land cover: NIR well above red on vegetation, water dark in NIR
+    # and SWIR, bare soil brighter in red than vegetation
+    veg, soil, water = (scl == 4), (scl == 5), (scl == 6)
+    assert min(veg.mean(), soil.mean(), water.mean()) > 0.01
+    assert np.median(nir[veg]) > 2 * np.median(red[veg])
+    assert np.median(red[soil]) > np.median(red[veg]) + 300
+    assert np.median(nir[water]) < 1000 + 400 < np.median(nir[veg])
+    assert np.median(swir[at20["SCL"] == 6]) < 1000 + 400 < np.median(swir[at20["SCL"] == 5])
+    # the classification comes in patches, as SCL does
+    assert (at20["SCL"][:, 1:] == at20["SCL"][:, :-1]).mean() > 0.85
 
 
 # --- Items ----------------------------------------------------------------------------------

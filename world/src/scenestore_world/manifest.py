@@ -26,7 +26,7 @@ from scenestore_world.scenes import SceneSpec, plan_scenes, resolve_size
 MANIFEST_NAME = "manifest.json"
 
 #: Bumped whenever the pixels or the layout change, so cached worlds are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
