@@ -175,7 +175,7 @@ def download_scene(item: pystac.Item | str, bands: list[str], spec: StoreSpec) -
     The Dataset is never persisted: it lives in memory until :func:`save_scene` computes it.
     """
     with provider_slot(spec.profile):  # the COG header checks read the source
-        return spec.manager().download_scene_from_source(item, bands)
+        return spec.manager().download_for_store(item, bands)
 
 
 @task(name="save-scene", persist_result=False, **retry_options())

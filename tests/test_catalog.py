@@ -57,6 +57,10 @@ def stored(world, tmp_path_factory):
     return root, manager
 
 
+def red_fields(item):
+    return item.assets["B04"].extra_fields
+
+
 def test_catalog_validates_offline_and_loads_again(world, stored, tmp_path):
     root, manager = stored
     work = tmp_path / "work"
@@ -86,6 +90,10 @@ def test_catalog_validates_offline_and_loads_again(world, stored, tmp_path):
         assert np.allclose(item.bbox, source.bbox, atol=2e-3), (item.bbox, source.bbox)
         thumb = {"thumbnail"} if item.id == with_look else set()
         assert set(item.assets) == {"zarr", "B02", "B03", "B04", "SCL"} | thumb
+        # SCL keeps its 20 m grid (layout 2), and its asset says so; 10 m bands use the item's
+        scl = item.assets["SCL"].extra_fields
+        assert scl["proj:shape"] == [60, 60] and "proj:shape" not in red_fields(item)
+        assert scl["proj:transform"][0] == 2 * item.properties["proj:transform"][0]
         if thumb:
             with open(item.assets["thumbnail"].get_absolute_href(), "rb") as png:
                 assert png.read(4) == b"\x89PNG"

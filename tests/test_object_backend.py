@@ -237,7 +237,8 @@ def test_quicklook_and_catalog_of_s3_have_s3_hrefs_that_open(ingested, tmp_path)
     assert items[first].assets["thumbnail"].href == look_url
     assert "thumbnail" not in items[second].assets
     for ident, item in items.items():
-        stored = scenes.open(ident, BANDS, eager=True)
+        # an asset is the stored array: 20 m bands on their own grid (layout 2)
+        stored = scenes.open(ident, BANDS, eager=True, resolution="native")
         for band in BANDS:
             href = item.assets[band].href
             assert href == f"{manager.store}/{ident}.zarr/{band}"

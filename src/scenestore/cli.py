@@ -8,9 +8,12 @@ scene that fails during ingest is listed in the summary and makes the exit code 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -310,16 +313,22 @@ def ingest(
     and makes the exit code 1, after the others are stored.
     """
     from scenestore.idlist import item_ids
-    from scenestore.ingest import ingest_items
-    from scenestore.stac import StacStoreManager
+    from scenestore.profiles import get_profile
+    from scenestore.store import store_location
 
     band_list = normalize_bands(bands)
     if parallel < 1:
         raise InvalidRequestError(f"--parallel {parallel} is below 1; expected a positive number.")
     if retries < 0:
         raise InvalidRequestError(f"--retries {retries} is negative; expected 0 or more.")
-    manager = StacStoreManager(band_list, store, profile=profile, stac_url=stac_url)
-    wanted = item_ids(_id_entries(ids, ids_file), manager.profile)
+    # The checks StacStoreManager makes, without importing it: the search's first request goes
+    # out while xarray, odc-stac and rasterio import (issue #16: first request within 1.5 s).
+    chosen = get_profile(profile)
+    for band in band_list:
+        chosen.asset_key(band)
+    source_url = stac_url or chosen.stac_url
+    store_location(store)  # a malformed URL is a user mistake: exit 2 before any request
+    wanted = item_ids(_id_entries(ids, ids_file), chosen)
     searching = any(v is not None for v in (start, end, bbox, aoi, max_cloud, tiles))
     items: list[pystac.Item] = []
     if item_files and (ids or ids_file):
@@ -333,9 +342,6 @@ def ingest(
                 "(--bbox/--aoi, --start, --end...)."
             )
         items = [_read_item(path) for path in item_files]
-        for item in items:  # every item must be storable before anything is downloaded
-            manager.identifier(item)  # an unsafe id is a user mistake: exit 2 up front
-            manager.check_item(item)
         query = None
     elif wanted and not searching:
         query = None
@@ -343,20 +349,32 @@ def ingest(
         query = _query(
             bbox, aoi, _required(start, "--start"), _required(end, "--end"), max_cloud, tiles
         )
-    manager.check_writable()
+    # The search's own modules load first, in this thread; the pixel stack then loads in the
+    # background during the search instead of sharing the interpreter with them.
+    importlib.import_module("scenestore.throttle")
+    importlib.import_module("pystac_client")
+    warming = _import_in_background("scenestore.stac", "scenestore.ingest")
     started = time.perf_counter()
     if query is not None:
-        items = _search_with_retries(
-            query, stac_url=manager.stac_url, profile=manager.profile, retries=retries
-        )
+        items = _search_with_retries(query, stac_url=source_url, profile=chosen, retries=retries)
     not_found: list[str] = []
     if wanted:
         fetched = _fetch_with_retries(
-            list(wanted), stac_url=manager.stac_url, profile=manager.profile, retries=retries
+            list(wanted), stac_url=source_url, profile=chosen, retries=retries
         )
         searched = {item.id for item in items}
         items += [item for item in fetched.items if item.id not in searched]
         not_found = fetched.missing
+    warming.join()
+    from scenestore.ingest import ingest_items
+    from scenestore.stac import StacStoreManager
+
+    manager = StacStoreManager(band_list, store, profile=chosen, stac_url=stac_url)
+    if item_files:
+        for item in items:  # every item must be storable before anything is downloaded
+            manager.identifier(item)  # an unsafe id is a user mistake: exit 2 up front
+            manager.check_item(item)
+    manager.check_writable()  # still before any download; a search only reads
     with Progress(
         TextColumn("[bold]ingest"),
         BarColumn(),
@@ -386,6 +404,22 @@ def ingest(
         )
     if any(r.error for r in results) or not_found:
         raise typer.Exit(EXIT_SCENE_FAILED)
+
+
+def _import_in_background(*modules: str) -> threading.Thread:
+    """Start importing ``modules`` in a daemon thread; join it before using them.
+
+    An import that fails here is ignored: the caller's own import raises the same error.
+    """
+
+    def load() -> None:
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=load, name="scenestore-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _id_entries(ids: list[str] | None, ids_files: list[Path] | None) -> list[IdEntry]:
@@ -506,7 +540,11 @@ def ls_(
             bands += f" [red](damaged: {'; '.join(info.damaged)})[/]"
         cloud = "" if info.cloud_cover is None else f"{info.cloud_cover:.1f}"
         table.add_row(
-            info.identifier, (info.datetime or "")[:10], info.tile or "", cloud, bands,
+            info.identifier,
+            (info.datetime or "")[:10],
+            info.tile or "",
+            cloud,
+            bands,
             _size(info.size_bytes),
         )
     console.print(table)
@@ -539,6 +577,7 @@ def info(
         crs = crs_text(dict(group["spatial_ref"].attrs)) if "spatial_ref" in group else None
     except (OSError, ValueError, KeyError, TypeError) as err:  # zarr.json deleted or garbage
         console.print(f"grid: unreadable ({type(err).__name__}): the scene group is damaged")
+        res = float("nan")
     else:
         res = float(x[1] - x[0]) if len(x) > 1 else float("nan")
         console.print(
@@ -546,12 +585,16 @@ def info(
             f"y {y[0]:.1f}..{y[-1]:.1f} (pixel centres), CRS {_crs_name(crs)}"
         )
     table = Table(title="bands")
-    for col in ("band", "dtype", "shape", "chunks", "codecs", "committed"):
+    for col in ("band", "grid", "dtype", "shape", "chunks", "codecs", "committed"):
         table.add_column(col)
     details = band_details(scenes, identifier)
     for band, d in details.items():
+        # a band on a native grid records it (layout 2); the others lie on the scene grid
+        native = (d.get("attributes") or {}).get("scenestore_grid")
+        grid_res = native.get("resolution") if isinstance(native, dict) else res
         table.add_row(
             band,
+            f"{grid_res:g} m" if isinstance(grid_res, int | float) else "?",
             str(d["dtype"] or "?"),
             "x".join(map(str, d["shape"])),
             "x".join(map(str, d["chunks"])),

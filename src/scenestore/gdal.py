@@ -20,6 +20,10 @@ _lock = threading.Lock()
 COG_OPTIONS: dict[str, str | int | float] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    # One GET for the merged tile ranges of a strip: the default (parallel range requests)
+    # reads ahead in 10 MB pieces past the strip's last tile, and with several strips in
+    # flight those bytes leave GDAL's small HTTP cache before the next strip wants them.
+    "GDAL_HTTP_MULTIRANGE": "SINGLE_GET",
     "GDAL_HTTP_MULTIPLEX": "YES",
     "GDAL_HTTP_VERSION": "2",
     "GDAL_HTTP_MAX_RETRY": 5,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
@@ -18,7 +17,7 @@ from odc.geo.xr import xr_coords
 
 from scenestore.errors import ItemError
 
-#: Output pixel size in metres: every band is stored on the scene's 10 m grid.
+#: Pixel size of the scene grid in metres (20 m and 60 m bands nest in it).
 RESOLUTION = 10
 
 #: Factor key of bands that must be warped onto the 10 m grid by GDAL.
@@ -112,16 +111,12 @@ def coarsen(geobox: GeoBox, factor: int) -> GeoBox:
     )
 
 
-def upsample(
-    ds: xr.Dataset, factor: int, geobox: GeoBox, *, rows: int | None = None
-) -> xr.Dataset:
+def upsample(ds: xr.Dataset, factor: int, geobox: GeoBox, *, rows: int | None = None) -> xr.Dataset:
     """Repeat each native pixel ``factor`` x ``factor`` times onto the 10 m ``geobox`` (lazy).
 
-    Each native block becomes one 10 m block ``factor`` times its size, so native blocks of
-    ``chunk // factor`` pixels give 10 m blocks of exactly ``chunk`` pixels: the result is
-    already aligned with the stored zarr chunks and needs no rechunking. (``dask.array.repeat``
-    splits every block into slabs and concatenates them again, which costs more graph work
-    than the repetition itself on small scenes.)
+    Each native block becomes one 10 m block ``factor`` times its size
+    (:func:`scenestore.store.native.upsample_array`), so native blocks of ``chunk // factor``
+    pixels give 10 m blocks of exactly ``chunk`` pixels, aligned with the stored chunks.
 
     Args:
         ds: Bands on the native grid, dask-backed.
@@ -130,21 +125,13 @@ def upsample(
         rows: Cut the native blocks into blocks of this many rows first (views, no copy), so
             a tall native read yields several 10 m strips, each one chunk row high.
     """
+    from scenestore.store.native import upsample_array
+
     coords = xr_coords(geobox, crs_coord_name="spatial_ref")
     out = {}
     for name, var in ds.data_vars.items():
         src = var.data
         if rows is not None:
             src = src.rechunk({src.ndim - 2: rows})
-        chunks = tuple(
-            tuple(c * factor for c in dim) if axis >= src.ndim - 2 else dim
-            for axis, dim in enumerate(src.chunks)
-        )
-        data = src.map_blocks(_repeat_block, factor, chunks=chunks, dtype=src.dtype)
-        out[name] = xr.DataArray(data, dims=var.dims, attrs=var.attrs)
+        out[name] = xr.DataArray(upsample_array(src, factor), dims=var.dims, attrs=var.attrs)
     return xr.Dataset(out, coords=coords, attrs=ds.attrs)
-
-
-def _repeat_block(block: np.ndarray, factor: int) -> np.ndarray:
-    """One block, each pixel repeated ``factor`` times along the last two axes."""
-    return block.repeat(factor, axis=-2).repeat(factor, axis=-1)

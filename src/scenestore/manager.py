@@ -103,6 +103,16 @@ class StoreManager(ABC, Generic[SceneItem]):
     def download_scene_from_source(self, item: str | SceneItem, bands: list[str]) -> xr.Dataset:
         """Fetch the given bands of one scene as a Dataset on x/y with a spatial_ref coordinate."""
 
+    def download_for_store(self, item: str | SceneItem, bands: list[str]) -> xr.Dataset:
+        """Fetch bands of one scene as they are to be stored (what ingest and forced loads save).
+
+        The default is :meth:`download_scene_from_source`: bands stored as given. A subclass
+        may return bands on coarser grids nested in the scene's y/x (dimensions such as
+        ``y_20m``/``x_20m`` with their coordinates, see :mod:`scenestore.store.native`) to
+        store them at their native resolution; :meth:`open` still gives them on y/x.
+        """
+        return self.download_scene_from_source(item, bands)
+
     # -- what the base class does -------------------------------------------------------------
 
     def exists(self, identifier: str) -> bool:
@@ -150,7 +160,7 @@ class StoreManager(ABC, Generic[SceneItem]):
             if not missing:
                 return IngestResult(identifier, skipped=True, seconds=time.perf_counter() - started)
             logger.info("Downloading %s bands %s", identifier, missing)
-            dataset = self.download_scene_from_source(item, missing)
+            dataset = self.download_for_store(item, missing)
             written = self._save(dataset, identifier)
         return IngestResult(
             identifier,
@@ -176,7 +186,7 @@ class StoreManager(ABC, Generic[SceneItem]):
             return self.download_scene_from_source(item, list(self.bands))
         if force:
             with self.scenes.lock(identifier, timeout_s=LOCK_TIMEOUT_S):
-                self._save(self.download_scene_from_source(item, list(self.bands)), identifier)
+                self._save(self.download_for_store(item, list(self.bands)), identifier)
         elif self.missing_bands(identifier):
             self.ingest(item)
         return self._open(identifier)
@@ -188,8 +198,13 @@ class StoreManager(ABC, Generic[SceneItem]):
         eager: bool = False,
         harmonize: bool = False,
         verify: bool = False,
+        resolution: str = "scene",
     ) -> xr.Dataset:
         """Open a complete scene from the store only; never touches the network.
+
+        Bands stored at their native resolution (Sentinel-2's 20 m and 60 m bands, layout 2)
+        come on the scene's 10 m grid by default, each native pixel repeated lazily, block by
+        block: the same Dataset, value for value, as a scene stored with every band at 10 m.
 
         Every chunk read is checked against its crc32c checksum (bands written before
         checksums: against its Blosc header's length); a damaged chunk raises
@@ -206,16 +221,27 @@ class StoreManager(ABC, Generic[SceneItem]):
             harmonize: Turn reflectance bands into float32 reflectance with each band's stored
                 ``scale``/``offset`` (nodata becomes NaN); SCL is kept as stored. See
                 :mod:`scenestore.reflectance`.
+            resolution: ``"scene"`` (default): every band on the scene grid ``y``/``x``.
+                ``"native"``: each band on the grid it is stored on, e.g. B05 on
+                ``y_20m``/``x_20m`` (5490 px for a full tile) with its own pixel-centre
+                coordinates, nested in ``y``/``x`` (same origin, 2 x 2 10 m pixels per 20 m
+                pixel); bands of scenes stored with every band at 10 m come at 10 m.
 
         Raises:
             StoreRequiredError: If the manager has no store.
             SceneNotFoundError: If the scene is not stored.
             IncompleteSceneError: If a band of ``self.bands`` is missing.
-            InvalidRequestError: If ``harmonize`` and a reflectance band lacks scale/offset.
+            InvalidRequestError: If ``harmonize`` and a reflectance band lacks scale/offset, or
+                ``resolution`` is neither "scene" nor "native".
             DamagedSceneError: If the scene's metadata, a commit record or a chunk is damaged.
         """
         self._require_store("open")
-        ds = self._open(self.identifier(item), eager=eager and not harmonize, verify=verify)
+        ds = self._open(
+            self.identifier(item),
+            eager=eager and not harmonize,
+            verify=verify,
+            resolution=resolution,
+        )
         if not harmonize:
             return ds
         from scenestore.reflectance import harmonize as to_reflectance
@@ -254,9 +280,18 @@ class StoreManager(ABC, Generic[SceneItem]):
         """Return the bytes the given stored band arrays occupy (0 without a store)."""
         return 0 if self.scenes is None else self.scenes.stored_bytes(identifier, bands)
 
-    def _open(self, identifier: str, *, eager: bool = False, verify: bool = False) -> xr.Dataset:
+    def _open(
+        self,
+        identifier: str,
+        *,
+        eager: bool = False,
+        verify: bool = False,
+        resolution: str = "scene",
+    ) -> xr.Dataset:
         scenes = self._require_store("open")
-        return scenes.open(identifier, list(self.bands), eager=eager, verify=verify)
+        return scenes.open(
+            identifier, list(self.bands), eager=eager, verify=verify, resolution=resolution
+        )
 
     def _save(self, dataset: xr.Dataset, identifier: str) -> int:
         """Write and commit the bands of ``dataset``; the caller holds the scene lock."""

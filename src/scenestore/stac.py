@@ -1,7 +1,10 @@
 """``StacStoreManager``: a :class:`~scenestore.manager.StoreManager` filled from a STAC API.
 
-Bands are read with odc-stac onto the scene's own 10 m UTM grid (nearest resampling), lazily
-and in chunks that match the stored zarr chunks, so a scene streams to disk chunk by chunk.
+Bands are read with odc-stac lazily, in row strips of whole stored zarr chunks, so a scene
+streams to disk strip by strip: 10 m bands onto the scene's 10 m UTM grid, 20 m and 60 m bands
+whose grid nests in it at their native resolution (stored so: layout 2,
+:mod:`scenestore.store.native`). Strips start and end on rows of COG tiles
+(:func:`tile_aligned_chunk`), so each tile is fetched and decoded once.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from scenestore.errors import (
     TransientSourceError,
 )
 from scenestore.gdal import clear_http_cache, configure_gdal
-from scenestore.grid import coarsen, plan_reads, scene_geobox, upsample
+from scenestore.grid import RESOLUTION, coarsen, plan_reads, scene_geobox
 from scenestore.hrefs import S3Access, configure_s3, forget_s3_reads, s3_buckets, signed_href
 from scenestore.ids import validate_identifier
 from scenestore.manager import IngestResult, StoreManager
@@ -232,6 +235,10 @@ class StacStoreManager(StoreManager[pystac.Item]):
     def download_scene_from_source(self, item: str | pystac.Item, bands: list[str]) -> xr.Dataset:
         """Load bands of one scene lazily with odc-stac onto its 10 m UTM grid.
 
+        Bands whose native grid nests in the 10 m grid are read at native resolution and
+        repeated block by block (:meth:`download_native`, then
+        :func:`scenestore.store.native.to_scene_grid`): exactly nearest resampling.
+
         Returns:
             A dask-backed Dataset with one uint16/uint8 variable per canonical band on ``y``/``x``,
             a ``spatial_ref`` coordinate and the item properties as attributes.
@@ -239,12 +246,38 @@ class StacStoreManager(StoreManager[pystac.Item]):
         Raises:
             ItemError: If the item lacks an asset for a band or is not on a UTM grid.
         """
+        from scenestore.store.native import to_scene_grid
+
+        bands = normalize_bands(bands)
+        return to_scene_grid(self.download_native(item, bands), bands)
+
+    def download_for_store(self, item: str | pystac.Item, bands: list[str]) -> xr.Dataset:
+        """What ingest stores: :meth:`download_native` (20 m and 60 m bands at native size)."""
+        return self.download_native(item, bands)
+
+    def download_native(self, item: str | pystac.Item, bands: list[str]) -> xr.Dataset:
+        """Load bands of one scene lazily with odc-stac, each nested band on its native grid.
+
+        20 m and 60 m bands whose grid nests in the scene's 10 m grid (same origin, exactly
+        covering it) are read at native resolution onto ``y_20m``/``x_20m`` (``y_60m``...),
+        and stored so (layout 2, :mod:`scenestore.store.native`); other bands are read onto
+        the 10 m grid ``y``/``x``, warped by GDAL when their grid does not nest.
+
+        Returns:
+            A dask-backed Dataset with one uint16/uint8 variable per canonical band, the
+            coordinates of the 10 m grid and of each native grid used, a ``spatial_ref``
+            coordinate and the item properties as attributes.
+
+        Raises:
+            ItemError: If the item lacks an asset for a band or is not on a UTM grid.
+        """
+        from scenestore.store.native import grid_dims
+
         bands = normalize_bands(bands)
         stac_item = self.get_item(item)
         keys = {band: self.profile.asset_key(band) for band in bands}
         geobox = self.check_item(stac_item, bands)
         item_dict = stac_item.to_dict(transform_hrefs=False)
-        chunk = self.chunk_size or choose_chunk(max(geobox.shape))
         configure_gdal()
         readable = self.readable_hrefs([stac_item.assets[key].href for key in keys.values()])
         # Asked to download means asked to read the source: not GDAL's in-process cache.
@@ -254,7 +287,8 @@ class StacStoreManager(StoreManager[pystac.Item]):
         # another size or CRS onto it, committing nodata. The header read here is what
         # GDAL's /vsicurl/ cache then serves to odc-stac's own open of the same file.
         # scene_geobox always gives the grid a CRS; odc-geo types GeoBox.crs as optional.
-        self.check_sources(stac_item, keys, readable, cast("CRS", geobox.crs).epsg)
+        tiles = self.check_sources(stac_item, keys, readable, cast("CRS", geobox.crs).epsg)
+        chunk = self.chunk_size or tile_aligned_chunk(max(geobox.shape), tiles)
         import odc.stac
 
         def load(group: dict[str, str], grid: GeoBox, edge: int) -> xr.Dataset:
@@ -283,17 +317,21 @@ class StacStoreManager(StoreManager[pystac.Item]):
             part = part.rename({key: b for b, key in group.items()})
             return part.isel(time=0, drop=True) if "time" in part.dims else part
 
-        # Bands whose native grid nests in the 10 m grid are read at native resolution and
-        # repeated: exactly nearest resampling, without GDAL warping every block.
+        # Bands whose native grid nests in the 10 m grid are read and stored at native
+        # resolution: no GDAL warp, and a quarter (20 m) or 1/36 (60 m) of the pixels to write.
         arrays = {}
+        coords = dict(xr_coords(geobox, crs_coord_name="spatial_ref"))
         for factor, group in plan_reads(item_dict, keys, geobox, chunk).items():
             if factor == 1:
                 part = load(group, geobox, chunk)
             else:
+                grid = coarsen(geobox, factor)
+                ydim, xdim = grid_dims(RESOLUTION * factor)
                 # Native strips as tall as `factor` stored strips: a COG tile row is decoded
-                # once per native strip, then each strip is cut and repeated to 10 m.
-                native = load(group, coarsen(geobox, factor), chunk)
-                part = upsample(native, factor, geobox, rows=chunk // factor)
+                # once per native strip, then cut (views) into blocks of whole stored chunks.
+                part = load(group, grid, chunk).rename({"y": ydim, "x": xdim})
+                part = part.chunk({ydim: chunk // factor})
+                coords.update({ydim: part[ydim], xdim: part[xdim]})
             arrays.update({band: part[band] for band in group})
         coverage = footprint_coverage(stac_item, geobox)
         variables = {}
@@ -315,20 +353,25 @@ class StacStoreManager(StoreManager[pystac.Item]):
             if coverage is not None:
                 # storage refuses a band with no data where this says there is some
                 attrs[FOOTPRINT_COVERAGE] = round(coverage, 4)
-            variables[band] = (arrays[band].dims, arrays[band].data, json_safe(attrs))
-        # Every part lies on the one 10 m geobox: its coordinates are built once, and the
-        # variables are put on them directly (an xarray merge would align the parts again).
+            # The chunks the read strips were cut for (fit_encodings keeps them): a chunk of
+            # the 10 m grid is a whole number of COG tile rows, nested ones cover its ground.
+            factor = geobox.shape[1] // int(arrays[band].shape[-1])
+            edge = chunk // factor if chunk % factor == 0 else choose_chunk(arrays[band].shape[-1])
+            variables[band] = (
+                arrays[band].dims,
+                arrays[band].data,
+                json_safe(attrs),
+                {"chunks": (edge, edge)},
+            )
+        # Every part lies on the 10 m geobox or a grid nested in it: coordinates are built
+        # once, and the variables are put on them directly (a merge would align them again).
         attrs = {
             **stac_item.properties,
             "stac_id": stac_item.id,
             "stac_collection": stac_item.collection_id,
             "scenestore_profile": self.profile.name,
         }
-        return xr.Dataset(
-            variables,
-            coords=xr_coords(geobox, crs_coord_name="spatial_ref"),
-            attrs=json_safe(attrs),
-        )
+        return xr.Dataset(variables, coords=coords, attrs=json_safe(attrs))
 
     def check_sources(
         self,
@@ -336,12 +379,15 @@ class StacStoreManager(StoreManager[pystac.Item]):
         keys: dict[str, str],
         readable: dict[str, str],
         epsg: int | None,
-    ) -> None:
+    ) -> list[int]:
         """Compare each asset's COG header with what the item says it holds (one open each).
 
         Only the header is read (a few small Range requests, kept in GDAL's cache for the
         load that follows). A COG that cannot be opened fails the scene here with the error
         the load would have raised (:meth:`translate_error`).
+
+        Returns:
+            Each COG's tile height in pixels (its full-resolution level's block rows).
 
         Raises:
             SourceMismatchError: If a COG's size, CRS, transform or data type differs from the
@@ -355,6 +401,7 @@ class StacStoreManager(StoreManager[pystac.Item]):
         from scenestore.sourcecheck import GridHeader, expected_header, header_mismatch
 
         env = cog_options()
+        tiles = []
         for band, key in keys.items():
             asset = item.assets[key]
             href = readable.get(asset.href, asset.href)
@@ -371,6 +418,7 @@ class StacStoreManager(StoreManager[pystac.Item]):
                         epsg=src.crs.to_epsg() if src.crs else None,
                         dtype=str(src.dtypes[0]),
                     )
+                    tiles.append(int(src.block_shapes[0][0]))
             except (RasterioError, OSError) as err:
                 # The same failure the load would meet (GDAL already retried): fail the scene
                 # now, as the load would, rather than meet it again band after band.
@@ -382,6 +430,7 @@ class StacStoreManager(StoreManager[pystac.Item]):
                     f"{band}) disagrees with its item: {problem}; nothing was committed "
                     "(report it to the data provider, or skip the scene)."
                 )
+        return tiles
 
     def readable_hrefs(self, hrefs: list[str]) -> dict[str, str]:
         """Return the href GDAL reads for each asset href, as the profile makes them readable.
@@ -425,6 +474,33 @@ class StacStoreManager(StoreManager[pystac.Item]):
 _S3_DENIED = re.compile(
     r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Access Key Id you provided"
 )
+
+
+def tile_aligned_chunk(size: int, tiles: list[int]) -> int:
+    """The stored chunk edge (10 m px) whose read strips start and end on COG tile rows.
+
+    A strip that ends inside a row of COG tiles makes the next strip fetch and decode that
+    row again. A chunk that is a multiple of every COG's tile height and of 6 keeps the 10 m
+    strips (one chunk high), the 20 m ones (``chunk`` native rows, two stored strips) and the
+    60 m ones (six) on tile rows, and keeps 20 m and 60 m chunks nested (``chunk / 2``,
+    ``chunk / 6``). Grids no larger than one chunk stay one chunk (one strip: every tile
+    once); otherwise the multiple nearest :data:`~scenestore.store.layout.DEFAULT_CHUNK_TARGET`
+    (1536 px for 512 px tiles: 8 chunks, the last one partly empty).
+
+    Args:
+        size: The 10 m grid's longest edge.
+        tiles: The COGs' tile heights (the 10 m COGs' rows; coarser bands' in their pixels).
+    """
+    from math import lcm
+
+    from scenestore.store.layout import DEFAULT_CHUNK_TARGET
+
+    if size <= DEFAULT_CHUNK_TARGET or not tiles or min(tiles) < 1:
+        return choose_chunk(size)
+    step = lcm(6, *tiles)
+    if step > size:
+        return choose_chunk(size)
+    return step * max(1, round(DEFAULT_CHUNK_TARGET / step))
 
 
 def footprint_coverage(item: pystac.Item, geobox: GeoBox) -> float | None:

@@ -10,17 +10,32 @@ repair, removal, catalog, quicklooks) is the same code for all of them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from scenestore.store._local import LocalClient
+from scenestore._lazy import lazy_exports
 from scenestore.store._object import (
-    ObjectClient,
     StoreURL,
     is_object_url,
     memory_client,
     parse_store_url,
 )
-from scenestore.store.client import SceneLock, StoreClient
-from scenestore.store.scenes import SceneStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scenestore.store._local import LocalClient
+    from scenestore.store._object import ObjectClient
+    from scenestore.store.client import SceneLock, StoreClient
+    from scenestore.store.scenes import SceneStore
+
+# The backends and SceneStore pull in zarr, numpy and xarray: imported on first use, so that
+# parsing a store location (every CLI command's --store) and `scenestore --help` stay cheap.
+_EXPORTS = {
+    "LocalClient": "scenestore.store._local",
+    "ObjectClient": "scenestore.store._object",
+    "SceneLock": "scenestore.store.client",
+    "StoreClient": "scenestore.store.client",
+    "SceneStore": "scenestore.store.scenes",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 #: A store location as users give it: a directory, or a URL string.
 StoreLocation = Path | str
@@ -47,6 +62,9 @@ def open_client(location: StoreLocation) -> StoreClient:
     Raises:
         InvalidRequestError: If an object-store URL is malformed.
     """
+    from scenestore.store._local import LocalClient
+    from scenestore.store._object import ObjectClient
+
     if isinstance(location, str) and location.startswith(MEMORY_SCHEME):
         return memory_client(location[len(MEMORY_SCHEME) :])
     if is_object_url(location):
@@ -60,6 +78,8 @@ def open_store(location: StoreLocation | SceneStore) -> SceneStore:
     Raises:
         InvalidRequestError: If an object-store URL is malformed.
     """
+    from scenestore.store.scenes import SceneStore
+
     if isinstance(location, SceneStore):
         return location
     return SceneStore(open_client(location))

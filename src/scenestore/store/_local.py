@@ -33,6 +33,7 @@ from scenestore.fsafety import (
     remove_tree_inside,
     unlink_inside,
 )
+from scenestore.store.layout import LOCKS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -219,15 +220,9 @@ class LocalClient:
             raise StoreError(f"Store path {self.location!r} is a file; expected a directory.")
 
     def check_writable(self) -> None:
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreError(
-                f"Store path {self.location!r} is a file; expected a directory (or a path to "
-                "create)."
-            )
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = mkdir_inside(self.root, self.root / ".locks")
-            with tempfile.NamedTemporaryFile(dir=probe, prefix=".probe-"):
+            self._mkdirs(self.root / LOCKS_DIR)
+            with tempfile.NamedTemporaryFile(dir=self.root / LOCKS_DIR, prefix=".probe-"):
                 pass
         except (UnsafePathError, StoreError):
             raise

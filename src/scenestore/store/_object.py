@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 #: each client would get its own empty store, so nothing written would be found again.
 OBJECT_SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss")
 
+
 def is_object_url(store: object) -> bool:
     """Return whether ``store`` is an object-storage URL (``s3://...``) rather than a path."""
     if not isinstance(store, str) or "://" not in store:
@@ -219,8 +220,8 @@ class ObjectClient:
 
     supports_rename = False
 
-    def __init__(self, url: StoreURL | str, *, store: Any = None) -> None:
-        self.url = url if isinstance(url, StoreURL) else parse_store_url(url)
+    def __init__(self, url: StoreURL, *, store: Any = None) -> None:
+        self.url = url
         self.location = str(self.url)
         self._store: Any = store
         self._zarr: Any = None

@@ -57,6 +57,12 @@ def fit_encodings(
 ) -> dict[str, dict[str, Any]]:
     """Fill in chunk shapes that fit each band's array where an encoding leaves them out.
 
+    A band whose variable encoding names ``chunks`` (the source cut its reads for them) keeps
+    them. Otherwise chunks are in scene-grid (``y``/``x``) pixels. A band on a grid nested
+    ``f`` times coarser (:mod:`scenestore.store.native`) gets the chunk that covers the same
+    ground, the scene chunk divided by ``f``, when ``f`` divides it; otherwise a divisor of
+    its own shape.
+
     Returns:
         A copy of ``encodings`` in which every band has ``chunks`` dividing its shape
         (:func:`scenestore.store.layout.choose_chunk`) unless the encoding named its own.
@@ -64,8 +70,28 @@ def fit_encodings(
     fitted = {}
     for band, enc in encodings.items():
         enc = dict(enc)
-        if not enc.get("chunks") and band in ds:
-            enc["chunks"] = tuple(choose_chunk(int(n)) for n in ds[band].shape)
+        if band in ds:
+            var = ds[band]
+            given = var.encoding.get("chunks")
+            if not enc.get("chunks") and given and len(given) == var.ndim:
+                # the source cut its reads for these chunks (scenestore.stac: COG tile rows)
+                enc["chunks"] = tuple(int(c) for c in given)
+                fitted[band] = enc
+                continue
+            native = tuple(str(d) for d in var.dims[-2:]) != ("y", "x") and "x" in ds.sizes
+            factor = ds.sizes["x"] // int(var.shape[-1]) if native and var.shape[-1] else 1
+            if factor > 1:
+                scene = enc.get("chunks") or tuple(
+                    choose_chunk(int(ds.sizes[d])) for d in ("y", "x")
+                )
+                enc["chunks"] = tuple(
+                    int(c) // factor
+                    if int(c) % factor == 0 and int(c) // factor <= int(n)
+                    else choose_chunk(int(n))
+                    for c, n in zip(scene, var.shape, strict=True)
+                )
+            elif not enc.get("chunks"):
+                enc["chunks"] = tuple(choose_chunk(int(n)) for n in var.shape)
         fitted[band] = enc
     return fitted
 
@@ -345,11 +371,22 @@ class RecordingStore(WrapperStore[Any]):
 
 
 def open_checked(
-    store: Any, group: str | None, bands: list[str], *, identifier: str, eager: bool
+    store: Any,
+    group: str | None,
+    bands: list[str],
+    *,
+    identifier: str,
+    eager: bool,
+    scene_grid: bool = False,
 ) -> xr.Dataset:
     """Open bands of a scene group through a checking store; metadata zarr cannot parse, and
-    (eagerly) chunks that fail to decode, become :class:`DamagedSceneError`."""
+    (eagerly) chunks that fail to decode, become :class:`DamagedSceneError`.
+
+    With ``scene_grid`` bands stored on a native grid are repeated onto the scene grid, lazily
+    (:func:`scenestore.store.native.to_scene_grid`); otherwise each band comes as stored.
+    """
     from scenestore.store.integrity import damaged
+    from scenestore.store.native import to_scene_grid
 
     try:
         with warnings.catch_warnings():
@@ -365,7 +402,8 @@ def open_checked(
         absent = [b for b in bands if b not in ds]
         if absent:  # committed, but zarr found no array there
             raise damaged(identifier, absent[0], "array metadata zarr.json is missing")
-        ds = ds[bands]
+        # to_scene_grid takes y/x from the whole group: a native band alone does not carry them
+        ds = to_scene_grid(ds, bands) if scene_grid else ds[bands]
     except StoreError:  # damage named already, a link refused, or the store unreachable
         raise
     except (ValueError, KeyError, TypeError, OSError) as err:

@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ from scenestore.fsafety import inside_store
 from scenestore.store.arrays import crs_of
 from scenestore.store.inventory import SceneInfo, list_scenes
 from scenestore.store.layout import quicklook_key, scene_key
+from scenestore.store.native import GRID_ATTR
 from scenestore.store.scenes import SceneStore
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,25 @@ ZARR_MEDIA_TYPE = pystac.MediaType.VND_ZARR
 SCHEMA_DIR_ENV = "SCENESTORE_STAC_SCHEMAS"
 #: Centre wavelengths in micrometres (Sentinel-2A MSI), for ``eo:center_wavelength``.
 CENTER_WAVELENGTH_UM = {
-    "B01": 0.443, "B02": 0.490, "B03": 0.560, "B04": 0.665, "B05": 0.704, "B06": 0.740,
-    "B07": 0.783, "B08": 0.842, "B8A": 0.865, "B09": 0.945, "B11": 1.610, "B12": 2.190,
+    "B01": 0.443,
+    "B02": 0.490,
+    "B03": 0.560,
+    "B04": 0.665,
+    "B05": 0.704,
+    "B06": 0.740,
+    "B07": 0.783,
+    "B08": 0.842,
+    "B8A": 0.865,
+    "B09": 0.945,
+    "B11": 1.610,
+    "B12": 2.190,
 }
 #: Scene attributes scenestore keeps for itself; the catalog names them ``scenestore:*``.
-_INTERNAL = {"stac_id": "scenestore:item_id", "stac_collection": "scenestore:collection",
-             "scenestore_profile": "scenestore:profile"}
+_INTERNAL = {
+    "stac_id": "scenestore:item_id",
+    "stac_collection": "scenestore:collection",
+    "scenestore_profile": "scenestore:profile",
+}
 _DROPPED = {"coordinates", "datetime", "proj:code", "proj:epsg", "proj:wkt2"}
 
 
@@ -76,26 +90,22 @@ class CatalogCheck:
     extensions_unchecked: tuple[str, ...] = field(default=())
 
 
-def build_item(
-    info: SceneInfo,
-    group: Any,
-    bands: Collection[str],
-    *,
-    scene_href: str,
-    thumbnail_href: str | None = None,
-) -> pystac.Item:
-    """Build the STAC item of one stored scene from its open zarr group (any zarr store).
+def build_item(scenes: SceneStore, info: SceneInfo) -> pystac.Item:
+    """Build the STAC item of one stored scene from its zarr group, asset hrefs absolute.
 
-    Args:
-        info: The scene's inventory entry.
-        group: The scene's zarr group, read-only.
-        bands: Its committed bands (one asset each).
-        scene_href: Absolute href of the group; a band's array is ``<scene_href>/<band>``.
-        thumbnail_href: Absolute href of the scene's quicklook PNG, if it has one.
+    A band's asset is ``<scene href>/<band>``; the ``thumbnail`` is the quicklook the ingest
+    flow (or ``scenestore quicklook``) rendered into the store, if there is one.
 
     Raises:
         InvalidRequestError: If the scene records no sensing datetime.
     """
+    group: Any = scenes.group(info.identifier)  # zarr types its items as a wide union
+    scene_href = scenes.client.href(scene_key(info.identifier))
+    look = quicklook_key(info.identifier)
+    try:
+        thumbnail_href = scenes.client.href(look) if scenes.client.exists(look) else None
+    except UnsafePathError:  # a quicklook reached through a link is no asset of the store
+        thumbnail_href = None
     x, y = group["x"][...], group["y"][...]
     res_x = float(x[1] - x[0]) if x.size > 1 else 10.0
     res_y = float(y[1] - y[0]) if y.size > 1 else -10.0
@@ -103,13 +113,12 @@ def build_item(
     # Any CRS form pyproj accepts (a subclass may store "EPSG:32633" rather than WKT).
     crs = crs_of(dict(group["spatial_ref"].attrs), what=f"Scene {info.identifier!r}")
     geometry, bbox = _footprint(crs, transform, (int(y.size), int(x.size)))
-    attrs = dict(info.attrs)
     item = pystac.Item(
         id=info.identifier,
         geometry=geometry,
         bbox=bbox,
         datetime=_when(info),
-        properties=_properties(attrs),
+        properties={_INTERNAL.get(k, k): v for k, v in info.attrs.items() if k not in _DROPPED},
     )
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     epsg = crs.to_epsg()
@@ -139,12 +148,20 @@ def build_item(
                 title="True-colour quicklook (B04, B03, B02)",
             ),
         )
-    for band in sorted(bands):
+    for band in sorted(scenes.committed_bands(info.identifier)):
         try:
             array = group[band]
         except KeyError:  # being replaced by a writer right now: its commit is gone too
             continue
-        item.add_asset(band, _band_asset(f"{scene_href.rstrip('/')}/{band}", band, array))
+        asset = _band_asset(f"{scene_href.rstrip('/')}/{band}", band, array)
+        grid = array.attrs.get(GRID_ATTR)
+        if isinstance(grid, dict):  # layout 2: the band keeps its own, coarser grid
+            f = int(grid["factor"])
+            asset.extra_fields["proj:shape"] = [int(n) for n in array.shape]
+            asset.extra_fields["proj:transform"] = [
+                transform[0] * f, 0.0, transform[2], 0.0, transform[4] * f, transform[5]
+            ]
+        item.add_asset(band, asset)
     return item
 
 
@@ -168,70 +185,20 @@ def write_catalog(scenes: SceneStore, out: Path, *, title: str | None = None) ->
     infos = [i for i in list_scenes(scenes) if i.bands]
     root = scenes.client.local_root()
     out = check_catalog_dir(out, root)
-    items = []
-    for info in infos:
-        try:
-            items.append(scene_item(scenes, info))
-        except (FileNotFoundError, KeyError):  # removed (rm/prune) since it was listed
-            logger.info("Scene %s was removed while the catalog was written", info.identifier)
     name = root.name if root is not None else str(scenes)
-    return save_catalog(
-        items,
-        out,
+    catalog = pystac.Catalog(
+        id="scenestore",
         title=title or f"Scenes in {name}",
         description=f"Sentinel-2 L2A scenes stored by scenestore in the store {name!r}",
-        relative_assets=root is not None,
     )
-
-
-def scene_item(scenes: SceneStore, info: SceneInfo) -> pystac.Item:
-    """The STAC item of one stored scene, with absolute asset hrefs.
-
-    Raises:
-        InvalidRequestError: If the scene records no sensing datetime.
-    """
-    key = quicklook_key(info.identifier)
-    try:
-        thumbnail = scenes.client.href(key) if scenes.client.exists(key) else None
-    except UnsafePathError:  # a quicklook reached through a link is no asset of the store
-        thumbnail = None
-    return build_item(
-        info,
-        scenes.group(info.identifier),
-        scenes.committed_bands(info.identifier),
-        scene_href=scenes.client.href(scene_key(info.identifier)),
-        thumbnail_href=thumbnail,  # rendered by the ingest flow (or `scenestore quicklook`)
-    )
-
-
-def save_catalog(
-    items: list[pystac.Item],
-    out: Path,
-    *,
-    title: str,
-    description: str,
-    relative_assets: bool,
-) -> pystac.Catalog:
-    """Save items as a self-contained catalog in ``out``, replacing a previous one whole.
-
-    Args:
-        items: One STAC item per scene, asset hrefs absolute.
-        out: The local catalog directory (checked with :func:`check_catalog_dir`).
-        title: The catalog title.
-        description: The catalog description.
-        relative_assets: Make asset hrefs relative to each item file (a local store, which
-            can then move together with its catalog); else keep them absolute (``s3://...``).
-
-    Returns:
-        The catalog as read back from ``out``.
-    """
-    out = out.absolute()
-    catalog = pystac.Catalog(id="scenestore", title=title, description=description)
-    for item in items:
-        catalog.add_item(item)
+    for info in infos:
+        try:
+            catalog.add_item(build_item(scenes, info))
+        except (FileNotFoundError, KeyError):  # removed (rm/prune) since it was listed
+            logger.info("Scene %s was removed while the catalog was written", info.identifier)
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")
     catalog.normalize_hrefs(f"{staging}{os.sep}")  # the slash: ".catalog.1a2b" is no file
-    if relative_assets:
+    if root is not None:
         for item in catalog.get_items():
             # Relative to the item file; staging sits beside out, so they hold once renamed.
             # normalize_hrefs gave every item a self href; pystac types it as optional.
@@ -273,8 +240,7 @@ def check_catalog_dir(out: Path, store: Path | None) -> Path:
         )
     if out.exists() and not out.is_dir():
         raise InvalidRequestError(
-            f"Catalog directory {str(out)!r} is a file; expected a directory (or a path to "
-            "create)."
+            f"Catalog directory {str(out)!r} is a file; expected a directory (or a path to create)."
         )
     if out.is_dir() and any(out.iterdir()) and not (out / "catalog.json").is_file():
         raise InvalidRequestError(
@@ -324,8 +290,9 @@ class OfflineValidator(JsonSchemaSTACValidator):
 
 def local_schemas(directory: Path | None = None) -> dict[str, dict[str, Any]]:
     """Read JSON schemas from a directory (default ``$SCENESTORE_STAC_SCHEMAS``), by ``$id``."""
-    directory = directory or (Path(os.environ[SCHEMA_DIR_ENV]) if SCHEMA_DIR_ENV in os.environ
-                              else None)
+    directory = directory or (
+        Path(os.environ[SCHEMA_DIR_ENV]) if SCHEMA_DIR_ENV in os.environ else None
+    )
     if directory is None or not directory.is_dir():
         return {}
     schemas = {}
@@ -365,8 +332,9 @@ def validate_catalog(
             for link in doc.get("links", [])
             if link.get("rel") in ("child", "item") and "://" not in link["href"]
         )
-    return CatalogCheck(len(seen), tuple(sorted(validator.checked)),
-                        tuple(sorted(validator.unchecked)))
+    return CatalogCheck(
+        len(seen), tuple(sorted(validator.checked)), tuple(sorted(validator.unchecked))
+    )
 
 
 def _band_asset(href: str, band: str, array: Any) -> pystac.Asset:
@@ -377,16 +345,20 @@ def _band_asset(href: str, band: str, array: Any) -> pystac.Asset:
         info["eo:common_name"] = spec.common_name
     if band in CENTER_WAVELENGTH_UM:
         info["eo:center_wavelength"] = CENTER_WAVELENGTH_UM[band]
-    info["nodata"] = attrs.get("nodata", array.fill_value.item()
-                               if hasattr(array.fill_value, "item") else array.fill_value)
+    info["nodata"] = attrs.get(
+        "nodata", array.fill_value.item() if hasattr(array.fill_value, "item") else array.fill_value
+    )
     for key in ("scale", "offset"):
         if isinstance(attrs.get(key), int | float):
             info[key] = attrs[key]
     extra: dict[str, Any] = {"bands": [info]}
     if isinstance(attrs.get("native_resolution"), int | float):
         extra["gsd"] = attrs["native_resolution"]
-    kind = "reflectance (DN; reflectance = DN * scale + offset)" if (
-        spec and spec.is_reflectance) else "scene classification"
+    kind = (
+        "reflectance (DN; reflectance = DN * scale + offset)"
+        if (spec and spec.is_reflectance)
+        else "scene classification"
+    )
     return pystac.Asset(
         href=href,
         media_type=ZARR_MEDIA_TYPE,
@@ -394,15 +366,6 @@ def _band_asset(href: str, band: str, array: Any) -> pystac.Asset:
         title=f"{band} {kind}, zarr v3 array",
         extra_fields=extra,
     )
-
-
-def _properties(attrs: dict[str, Any]) -> dict[str, Any]:
-    props = {}
-    for key, value in attrs.items():
-        if key in _DROPPED:
-            continue
-        props[_INTERNAL.get(key, key)] = value
-    return props
 
 
 def _when(info: SceneInfo) -> datetime:
@@ -437,8 +400,6 @@ __all__ = [
     "build_item",
     "check_catalog_dir",
     "local_schemas",
-    "save_catalog",
-    "scene_item",
     "validate_catalog",
     "write_catalog",
 ]

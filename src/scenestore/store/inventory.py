@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scenestore.errors import DamagedSceneError, SceneNotFoundError, UnsafePathError
-from scenestore.store.layout import COMMITS_DIR, STAGING_DIR, identifier_of_key, scene_key
+from scenestore.store.layout import identifier_of_key, scene_key
 from scenestore.store.scenes import SceneStore
 from scenestore.tiles import tile_of
 
@@ -92,36 +92,22 @@ def list_scenes(scenes: SceneStore) -> list[SceneInfo]:
     return infos
 
 
-def require_scene(scenes: SceneStore, identifier: str) -> str:
-    """Return ``identifier`` if the scene is stored.
-
-    Raises:
-        InvalidIdentifierError: If the identifier is not safe.
-        SceneNotFoundError: If the scene is not in the store.
-    """
-    if not scenes.exists(identifier):
-        raise _not_found(scenes, identifier)
-    return identifier
-
-
-def _not_found(scenes: SceneStore, identifier: str) -> SceneNotFoundError:
-    return SceneNotFoundError(
-        f"Scene {identifier!r} is not in the store {str(scenes)!r}; expected one of the "
-        "identifiers `scenestore ls` lists."
-    )
-
-
 def scene_info(scenes: SceneStore, identifier: str) -> SceneInfo:
     """One stored scene's inventory entry.
 
     Raises:
         StoreError: If the store is missing or cannot be read.
+        InvalidIdentifierError: If the identifier is not safe.
         SceneNotFoundError: If the scene is not in the store.
     """
     check_store(scenes)
-    info = _info(scenes, require_scene(scenes, identifier))
-    if info is None:  # removed since it was found
-        raise _not_found(scenes, identifier)
+    # None also when the scene was removed between the two looks.
+    info = _info(scenes, identifier) if scenes.exists(identifier) else None
+    if info is None:
+        raise SceneNotFoundError(
+            f"Scene {identifier!r} is not in the store {str(scenes)!r}; expected one of the "
+            "identifiers `scenestore ls` lists."
+        )
     return info
 
 
@@ -225,14 +211,11 @@ def _info(scenes: SceneStore, identifier: str) -> SceneInfo | None:
 
 
 __all__ = [
-    "COMMITS_DIR",
-    "STAGING_DIR",
     "SceneInfo",
     "array_details",
     "band_details",
     "check_store",
     "group_attrs",
     "list_scenes",
-    "require_scene",
     "scene_info",
 ]

@@ -10,16 +10,16 @@ least 0.1 reflectance wide, so a flat scene does not show its noise as colour. N
 in any of the three bands) is transparent. PNGs are written with rasterio's PNG driver.
 
 The pure parts (:func:`decimation_step`, :func:`stretch_rgba`) are separate from the reads
-(:func:`render_bands` on any zarr arrays; :func:`render_quicklook` on a store, every chunk
-checked as it is read) and the writing (:func:`png_bytes`; :func:`save_quicklook` keeps it in the
-store at ``.quicklooks/<identifier>.png``, :func:`write_quicklook` writes a local file).
+(:func:`render_quicklook` on any store, every chunk checked as it is read) and the writing
+(:func:`png_bytes`; :func:`save_quicklook` keeps it in the store at
+``.quicklooks/<identifier>.png``, :func:`write_quicklook` writes a local file).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ import numpy as np
 from scenestore.errors import IncompleteSceneError, InvalidRequestError, UnsafePathError
 from scenestore.store.inventory import scene_info
 from scenestore.store.layout import QUICKLOOKS_DIR, quicklook_key
+from scenestore.store.native import GRID_ATTR
 from scenestore.store.scenes import SceneStore
 
 #: Bands of a true-colour image, as red, green, blue.
@@ -132,7 +133,7 @@ def stretch_rgba(
 def render_quicklook(
     scenes: SceneStore, identifier: str, *, max_size: int = DEFAULT_MAX_SIZE
 ) -> Quicklook:
-    """Render a stored scene's true-colour quicklook from a decimated read.
+    """Render a stored scene's true-colour quicklook from a decimated read (local or object).
 
     Raises:
         SceneNotFoundError: If the scene is not stored.
@@ -143,8 +144,34 @@ def render_quicklook(
     check_size(max_size)
     scene_info(scenes, identifier)  # raises SceneNotFoundError with the usual message
     committed = scenes.committed_bands(identifier)
-    group = scenes.group(identifier)
-    return render_bands(identifier, lambda band: group[band], committed, max_size=max_size)
+    missing = [b for b in RGB_BANDS if b not in committed]
+    if missing:
+        raise IncompleteSceneError(
+            f"Scene {identifier!r} lacks bands {missing} for a true-colour quicklook; stored: "
+            f"{sorted(committed)}. Expected B04, B03 and B02: ingest them first."
+        )
+    group: Any = scenes.group(identifier)  # zarr types its items as a wide union
+    arrays = [group[band] for band in RGB_BANDS]
+    step = decimation_step(arrays[0].shape, max_size)
+    layers, oks = [], []
+    for array in arrays:
+        dn = _strided(array, step)
+        nodata = array.attrs.get("nodata")
+        nodata = array.fill_value if nodata is None else nodata
+        oks.append(dn != nodata)
+        scale = float(array.attrs.get("scale", 1.0))
+        offset = float(array.attrs.get("offset", 0.0))
+        layers.append(dn.astype(np.float32) * scale + offset)
+    valid = np.logical_and.reduce(oks)  # a pixel is valid where no band is nodata
+    basis = valid
+    if "SCL" in committed:
+        # Stretch for the ground: clouds and shadows would push land into the dark end.
+        scl = _on_scene_grid(group["SCL"], step, arrays[0].shape)
+        clear = ~np.isin(scl, NOT_GROUND)
+        if (valid & clear).sum() >= MIN_CLEAR_FRACTION * max(int(valid.sum()), 1):
+            basis = valid & clear
+    rgba, stretch = stretch_rgba(np.stack(layers), valid, basis=basis)
+    return Quicklook(identifier, rgba, step, stretch)
 
 
 def save_quicklook(
@@ -163,52 +190,19 @@ def save_quicklook(
     return scenes.client.href(key), png
 
 
-def render_bands(
-    identifier: str,
-    open_band: Callable[[str], Any],
-    committed: Collection[str],
-    *,
-    max_size: int = DEFAULT_MAX_SIZE,
-) -> Quicklook:
-    """Render a quicklook from a scene's band arrays, on any zarr store (local or object).
+def _on_scene_grid(array: Any, step: int, shape: Sequence[int]) -> np.ndarray:
+    """Every ``step``-th scene pixel of a band that may sit on a coarser native grid (layout 2).
 
-    Args:
-        identifier: Scene identifier (for messages and the result).
-        open_band: Opens one committed band's zarr array, read-only (no pixels read yet).
-        committed: The scene's committed bands.
-        max_size: Longest edge of the image in pixels.
-
-    Raises:
-        IncompleteSceneError: If B04, B03 or B02 is not committed.
-        InvalidRequestError: If ``max_size`` is below 1.
+    A native pixel covers ``factor`` x ``factor`` scene pixels, so scene pixel ``i`` is native
+    pixel ``i // factor``: a plain stride when ``step`` is a multiple of the factor, otherwise
+    the few rows and columns wanted, read by index.
     """
-    check_size(max_size)
-    missing = [b for b in RGB_BANDS if b not in committed]
-    if missing:
-        raise IncompleteSceneError(
-            f"Scene {identifier!r} lacks bands {missing} for a true-colour quicklook; stored: "
-            f"{sorted(committed)}. Expected B04, B03 and B02: ingest them first."
-        )
-    arrays = [open_band(band) for band in RGB_BANDS]
-    step = decimation_step(arrays[0].shape, max_size)
-    layers, oks = [], []
-    for array in arrays:
-        dn = _strided(array, step)
-        nodata = array.attrs.get("nodata")
-        nodata = array.fill_value if nodata is None else nodata
-        oks.append(dn != nodata)
-        scale = float(array.attrs.get("scale", 1.0))
-        offset = float(array.attrs.get("offset", 0.0))
-        layers.append(dn.astype(np.float32) * scale + offset)
-    valid = np.logical_and.reduce(oks)  # a pixel is valid where no band is nodata
-    basis = valid
-    if "SCL" in committed:
-        # Stretch for the ground: clouds and shadows would push land into the dark end.
-        clear = ~np.isin(_strided(open_band("SCL"), step), NOT_GROUND)
-        if (valid & clear).sum() >= MIN_CLEAR_FRACTION * max(int(valid.sum()), 1):
-            basis = valid & clear
-    rgba, stretch = stretch_rgba(np.stack(layers), valid, basis=basis)
-    return Quicklook(identifier, rgba, step, stretch)
+    grid = array.attrs.get(GRID_ATTR)
+    factor = int(grid["factor"]) if isinstance(grid, dict) else 1
+    if step % factor == 0:
+        return _strided(array, step // factor)
+    rows, cols = (np.arange(0, int(n), step) // factor for n in shape)
+    return np.asarray(array.oindex[rows, cols])
 
 
 def _strided(array: Any, step: int) -> np.ndarray:
@@ -248,9 +242,7 @@ def png_bytes(rgba: np.ndarray) -> bytes:
     with warnings.catch_warnings(), rasterio.Env(GDAL_PAM_ENABLED="NO"):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with MemoryFile() as memfile:
-            with memfile.open(
-                driver="PNG", width=cols, height=rows, count=4, dtype="uint8"
-            ) as dst:
+            with memfile.open(driver="PNG", width=cols, height=rows, count=4, dtype="uint8") as dst:
                 dst.write(np.moveaxis(rgba, -1, 0))
             return bytes(memfile.read())
 
@@ -263,28 +255,14 @@ def write_quicklook(
     Raises:
         SceneNotFoundError, IncompleteSceneError, InvalidRequestError: See
             :func:`render_quicklook`.
+        UnsafePathError: If ``out`` (a path the user gave) is a symlink.
         InvalidRequestError: Also if ``out`` cannot be written.
-    """
-    look = render_quicklook(scenes, identifier, max_size=max_size)
-    write_png(out, png_bytes(look.rgba))
-    return look
-
-
-def write_png(out: Path, data: bytes) -> Path:
-    """Write PNG bytes to a local file atomically (mkstemp temp file, rename); return ``out``.
-
-    Args:
-        out: The PNG file (a path the user gave: ``out`` itself must not be a link).
-        data: The PNG bytes.
-
-    Raises:
-        UnsafePathError: If ``out`` is a symlink.
-        InvalidRequestError: If ``out`` cannot be written.
     """
     from scenestore.fsafety import atomic_write_inside
 
+    look = render_quicklook(scenes, identifier, max_size=max_size)
     try:
-        return atomic_write_inside(out.parent, out, data)
+        atomic_write_inside(out.parent, out, png_bytes(look.rgba))
     except UnsafePathError:
         raise
     except OSError as err:
@@ -292,6 +270,7 @@ def write_png(out: Path, data: bytes) -> Path:
             f"Cannot write the quicklook {str(out)!r}: {err.strerror}; expected a PNG path in "
             "a writable directory."
         ) from err
+    return look
 
 
 __all__ = [
@@ -302,10 +281,8 @@ __all__ = [
     "decimation_step",
     "png_bytes",
     "quicklook_path",
-    "render_bands",
     "render_quicklook",
     "save_quicklook",
     "stretch_rgba",
-    "write_png",
     "write_quicklook",
 ]

@@ -25,16 +25,12 @@ What to remove is picked by pure selectors over the inventory (:func:`select_bef
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from scenestore.aoi import sensing_day as day_of
-from scenestore.errors import (
-    LeaseHeldError,
-    SceneBusyError,
-    SceneNotFoundError,
-)
+from scenestore.aoi import sensing_day
+from scenestore.errors import LeaseHeldError, SceneBusyError, SceneNotFoundError
 from scenestore.store.inventory import SceneInfo, check_store, scene_info
 from scenestore.store.layout import TRASH_DIR, lock_key, quicklook_key, scene_key
 from scenestore.store.scenes import SceneStore
@@ -117,32 +113,12 @@ def remove_scenes(
     """
     check_store(scenes)
     infos = [scene_info(scenes, i) for i in dict.fromkeys(identifiers)]
-    empty_trash(scenes)
-    return remove_each(
-        infos, lambda identifier: remove_scene(scenes, identifier, wait_seconds=wait_seconds)
-    )
-
-
-def empty_trash(scenes: SceneStore) -> None:
-    """Delete what a remover killed mid-way left in ``.trash``."""
-    for name in scenes.client.children(TRASH_DIR):
+    for name in scenes.client.children(TRASH_DIR):  # what a remover killed mid-way left
         scenes.client.delete_prefix(f"{TRASH_DIR}/{name}")
-
-
-def remove_each(infos: Sequence[SceneInfo], remove: Callable[[str], int]) -> list[Removal]:
-    """Remove each scene with ``remove``; a busy scene is skipped and reported, the others go on.
-
-    Args:
-        infos: The scenes, as the inventory lists them.
-        remove: Removes one scene by identifier and returns the bytes it freed.
-
-    Returns:
-        One :class:`Removal` per scene, in order.
-    """
     results = []
     for info in infos:
         try:
-            size = remove(info.identifier)
+            size = remove_scene(scenes, info.identifier, wait_seconds=wait_seconds)
         except SceneBusyError as err:
             results.append(Removal(info.identifier, info.size_bytes, False, str(err)))
         except SceneNotFoundError:  # another remover was faster: it is gone all the same
@@ -154,7 +130,7 @@ def remove_each(infos: Sequence[SceneInfo], remove: Callable[[str], int]) -> lis
 
 def select_before(infos: Iterable[SceneInfo], before: date) -> list[SceneInfo]:
     """Return the scenes sensed before ``before`` (UTC day); scenes without a date are kept."""
-    return [i for i in infos if (day := sensing_day(i)) is not None and day < before]
+    return [i for i in infos if (day := sensing_day(i.datetime)) is not None and day < before]
 
 
 def select_not_in(infos: Iterable[SceneInfo], keep: set[str]) -> list[SceneInfo]:
@@ -162,19 +138,11 @@ def select_not_in(infos: Iterable[SceneInfo], keep: set[str]) -> list[SceneInfo]
     return [i for i in infos if i.identifier not in keep and i.attrs.get("stac_id") not in keep]
 
 
-def sensing_day(info: SceneInfo) -> date | None:
-    """The UTC sensing day of a scene, or None when its attributes record no datetime."""
-    return day_of(info.datetime)
-
-
 __all__ = [
     "TRASH_DIR",
     "Removal",
-    "empty_trash",
-    "remove_each",
     "remove_scene",
     "remove_scenes",
     "select_before",
     "select_not_in",
-    "sensing_day",
 ]

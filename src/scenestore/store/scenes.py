@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import xarray as xr
 import zarr
 
@@ -42,6 +43,7 @@ from scenestore.store.arrays import (
     GRID_VARS,
     RecordingStore,
     SceneWrites,
+    array_values,
     band_names,
     check_group_grid,
     json_safe,
@@ -58,6 +60,17 @@ from scenestore.store.layout import (
     lock_key,
     scene_key,
     staging_key,
+)
+from scenestore.store.native import (
+    BASE_DIMS,
+    GRID_ATTR,
+    LAYOUT_ATTR,
+    LAYOUT_VERSION,
+    band_grid,
+    grid_record,
+    nest_factor,
+    nested_coords,
+    to_scene_grid,
 )
 from scenestore.store.records import (
     COMMITS_GROUP,
@@ -241,8 +254,11 @@ class SceneStore:
             DamagedSceneError: If the stored scene's group metadata is damaged.
         """
         bands = band_names(dataset)
+        # Every band on y/x or on a grid nested in it, checked before anything is written.
+        factors = {band: nest_factor(dataset, band, identifier=identifier) for band in bands}
         present, bad = self.committed(identifier)
         key = scene_key(identifier)
+        group = None
         if present:
             try:
                 group = zarr.open_group(self.client.zarr_store(read_only=True), path=key, mode="r")
@@ -255,10 +271,21 @@ class SceneStore:
                     "--repair`, then ingest again."
                 ) from err
             check_group_grid(group, dataset, identifier=identifier, where=self.client.location)
+            layout = group.attrs.get(LAYOUT_ATTR, 1)
+            if (not isinstance(layout, int) or layout < LAYOUT_VERSION) and max(
+                factors.values()
+            ) > 1:
+                # A scene of the older layout keeps every band on y/x: readers of that
+                # release (and the scene's own layout record) stay right.
+                dataset, encodings = _on_scene_grid(dataset, bands, encodings, factors)
+                factors = dict.fromkeys(bands, 1)
+        dataset = _with_grid_attrs(dataset, factors)
         try:
             if not present:
                 # New scene, or leftovers of a writer killed before its first commit.
                 self._create_scene(identifier, dataset)
+            elif group is not None:
+                self._ensure_native_coords(identifier, group, dataset, factors, present)
             for band in bands:
                 if band in bad:  # a garbage record commits nothing: withdraw it
                     self.drop_commit(identifier, band)
@@ -331,8 +358,11 @@ class SceneStore:
             self.client.delete_prefix(f"{key}/{child}")
         # Files directly in the scene: its zarr.json, or a temp file of a killed zarr write.
         self.client.delete([k for k, _ in self.client.list(key) if "/" not in k[len(key) + 1 :]])
-        grid = xr.Dataset(coords={n: ds.coords[n] for n in GRID_VARS if n in ds.coords})
-        grid.attrs = json_safe(dict(ds.attrs))
+        names = list(GRID_VARS) + sorted(
+            {d for b in band_names(ds) for d in band_grid(ds[b]) if d not in BASE_DIMS}
+        )
+        grid = xr.Dataset(coords={n: ds.coords[n] for n in names if n in ds.coords})
+        grid.attrs = json_safe({**ds.attrs, LAYOUT_ATTR: LAYOUT_VERSION})
         grid.to_zarr(
             SceneWrites(self.client.zarr_store()),
             group=key,
@@ -345,6 +375,70 @@ class SceneStore:
         self.client.put(
             f"{commits_key(identifier)}/{_GROUP_JSON}", json.dumps(COMMITS_GROUP).encode()
         )
+
+    def _ensure_native_coords(
+        self,
+        identifier: str,
+        group: zarr.Group,
+        ds: xr.Dataset,
+        factors: dict[str, int],
+        present: set[str],
+    ) -> None:
+        """Write the coordinates of native grids a stored scene does not hold yet.
+
+        Coordinates are written before any band on their grid, so a committed band's grid is
+        whole; coordinates a killed writer left half-written (no band on them committed) are
+        written again. Values are those nested in the stored y/x, whatever the dataset says.
+
+        Raises:
+            DamagedSceneError: If the coordinates of a grid a committed band lies on are
+                missing or off the stored grid.
+        """
+        key = scene_key(identifier)
+        used: dict[str, str] = {}
+        for band in present:
+            try:
+                grid = self.array_meta(identifier, band).get("attributes", {}).get(GRID_ATTR)
+            except DamagedSceneError:
+                continue
+            if isinstance(grid, dict):
+                for dim in grid.get("dims", []):
+                    used.setdefault(str(dim), band)
+        for band, factor in factors.items():
+            if factor == 1:
+                continue
+            for dim, base_dim in zip(band_grid(ds[band]), BASE_DIMS, strict=True):
+                expected = nested_coords(array_values(group, base_dim), factor)
+                try:
+                    stored = array_values(group, dim)
+                except (KeyError, OSError, ValueError, TypeError):
+                    stored = None
+                step = abs(float(expected[1] - expected[0])) if expected.size > 1 else 1.0
+                if (
+                    stored is not None
+                    and stored.shape == expected.shape
+                    and float(np.max(np.abs(stored - expected), initial=0.0)) <= step * 1e-3
+                ):
+                    continue
+                if dim in used:
+                    raise damaged(
+                        identifier,
+                        used[dim],
+                        f"coordinates {dim} of its grid are missing or off the scene grid",
+                    )
+                array = zarr.create_array(
+                    store=SceneWrites(self.client.zarr_store()),
+                    name=f"{key}/{dim}",
+                    shape=expected.shape,
+                    dtype="float64",
+                    chunks=expected.shape,
+                    attributes=json_safe(dict(ds[dim].attrs)),
+                    dimension_names=[dim],
+                    fill_value=np.nan,
+                    zarr_format=3,
+                    overwrite=True,
+                )
+                array[...] = expected
 
     def _drop_empty_scene(self, identifier: str) -> None:
         """Remove a scene this failed run created and no band was committed to.
@@ -412,7 +506,13 @@ class SceneStore:
     # -- reading -------------------------------------------------------------------------------
 
     def open(
-        self, identifier: str, bands: list[str], *, eager: bool = False, verify: bool = False
+        self,
+        identifier: str,
+        bands: list[str],
+        *,
+        eager: bool = False,
+        verify: bool = False,
+        resolution: str = "scene",
     ) -> xr.Dataset:
         """Open committed bands of a stored scene, lazily (dask) unless ``eager``.
 
@@ -422,6 +522,10 @@ class SceneStore:
             identifier: The scene.
             bands: Bands that must be committed.
             eager: Load them into memory.
+            resolution: ``"scene"``: every band on the scene grid (``y``/``x``), bands stored
+                on a coarser nested grid repeated onto it lazily, block by block (the same
+                values nearest resampling gives); ``"native"``: each band as stored, on its
+                own grid (``y_20m``/``x_20m``... with their coordinates).
             verify: Before reading, check each band's array metadata and chunks (count and
                 bytes, from one listing) against its commit record: catches a deleted chunk,
                 which zarr would read as fill. No chunk is read.
@@ -432,6 +536,13 @@ class SceneStore:
             DamagedSceneError: If the scene's or a band's metadata, a commit record or (when
                 read, or checked with ``verify``) a chunk is damaged.
         """
+        if resolution not in ("scene", "native"):
+            from scenestore.errors import InvalidRequestError
+
+            raise InvalidRequestError(
+                f"Unknown resolution {resolution!r}; expected 'scene' (every band on the scene "
+                "grid) or 'native' (each band on the grid it is stored on)."
+            )
         present, bad = self.records(identifier)
         key = scene_key(identifier)
         if not self.client.exists(f"{key}/{_GROUP_JSON}"):
@@ -464,7 +575,9 @@ class SceneStore:
                 if problem:
                     raise damaged(identifier, band, problem)
         store = CheckedStore(self.client.zarr_store(read_only=True), identifier, root=key)
-        return open_checked(store, key, bands, identifier=identifier, eager=eager)
+        return open_checked(
+            store, key, bands, identifier=identifier, eager=eager, scene_grid=resolution == "scene"
+        )
 
     def chunks_problem(self, identifier: str, band: str, record: CommitRecord | None) -> str | None:
         """Compare a band's chunks (count, bytes: one listing) with its record, reading none.
@@ -481,6 +594,36 @@ class SceneStore:
         if record.nbytes is not None and sum(sizes) != record.nbytes:
             return f"chunk files hold {sum(sizes)} B where {record.nbytes} B were committed"
         return None
+
+
+def _with_grid_attrs(ds: xr.Dataset, factors: dict[str, int]) -> xr.Dataset:
+    """``ds`` with each native band's grid recorded in its attributes (:data:`GRID_ATTR`)."""
+    if max(factors.values(), default=1) == 1:
+        return ds
+    out = ds.copy()
+    for band, factor in factors.items():
+        if factor > 1:
+            out[band].attrs = {**ds[band].attrs, GRID_ATTR: grid_record(ds, band, factor)}
+    return out
+
+
+def _on_scene_grid(
+    ds: xr.Dataset,
+    bands: list[str],
+    encodings: dict[str, dict[str, Any]],
+    factors: dict[str, int],
+) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """Native bands repeated onto the scene grid, their chunks scaled back to scene pixels."""
+    out = to_scene_grid(ds, bands)
+    out.attrs = dict(ds.attrs)
+    fitted = {}
+    for band, enc in encodings.items():
+        enc = dict(enc)
+        factor = factors.get(band, 1)
+        if factor > 1 and enc.get("chunks"):
+            enc["chunks"] = tuple(int(c) * factor for c in enc["chunks"])
+        fitted[band] = enc
+    return out, fitted
 
 
 __all__ = ["BANDS_IN_FLIGHT", "LOCK_TIMEOUT_S", "SceneStore"]

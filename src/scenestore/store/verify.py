@@ -57,21 +57,16 @@ def verify_scene(scenes: SceneStore, identifier: str) -> list[Damage]:
     for band in bands:
         try:
             problem = _check_band(scenes, identifier, band)
-        except DamagedSceneError as err:
-            damage.append(Damage(identifier, band, record_problem(err), RECORD))
+        except DamagedSceneError as err:  # a garbage record: say why in one line
+            cause = str(err.__cause__ or "") or "malformed"
+            problem = f"commit record is not a valid record ({cause.splitlines()[0][:80]})"
+            damage.append(Damage(identifier, band, problem, RECORD))
             continue
         if problem:
             damage.append(Damage(identifier, band, problem))
     if scenes.client.list(staging_key(identifier)) and not scenes.writer_active(identifier):
         damage.append(Damage(identifier, "-", "leftover _staging of an interrupted write", STAGING))
     return damage
-
-
-def record_problem(err: DamagedSceneError) -> str:
-    """The one-line problem of a garbage commit record."""
-    cause = err.__cause__
-    detail = str(cause).splitlines()[0][:80] if cause is not None and str(cause) else "malformed"
-    return f"commit record is not a valid record ({detail})"
 
 
 def verify_store(
@@ -148,7 +143,6 @@ __all__ = [
     "RECORD",
     "STAGING",
     "Damage",
-    "record_problem",
     "repair",
     "verify_scene",
     "verify_store",
