@@ -1,4 +1,4 @@
-"""`make bench`: scenestore's ingest beside the original algorithm and the hardware's limit.
+"""`make bench`: scenestore's ingest beside the original algorithm, a peer and the hardware's limit.
 
 One run prints, side by side, on the same scenes of the offline world (COGs served over real
 HTTP on 127.0.0.1 by a separate process):
@@ -6,10 +6,16 @@ HTTP on 127.0.0.1 by a separate process):
 * baseline   - the original algorithm: eager odc-stac load of all bands, one ``to_zarr`` with
                the original encodings (4096 px chunks, _FillValue 0), an xarray open per
                missing-band check;
+* peer       - what a competent user writes instead: lazy ``odc.stac.load`` with dask chunks
+               of the edge scenestore stores at 10 m (computed as scenestore computes it, from
+               the COGs' tile heights), ``to_zarr(zarr_format=3)`` with scenestore's codec
+               (Blosc zstd 3), every band on the 10 m grid, all scenes' writes in one
+               ``dask.compute``;
 * limit      - the same COG bytes downloaded whole, decoded with rasterio, resampled to 10 m
                (nearest) and written with the same zarr codec in chunks that fit, spread over
                both cores (two processes);
-* scenestore - ``StacStoreManager.download_and_store`` of the same scenes;
+* scenestore - ``StacStoreManager.download_and_store`` of the same scenes (layout 2: 20 m and
+               60 m bands at their native resolution);
 * s3         - the same, with the store on an S3-compatible server (moto_server on 127.0.0.1,
                started here, in its own process);
 * dask       - the ``ingest`` flow's per-scene part (``store-scene`` tasks) on an existing
@@ -17,10 +23,18 @@ HTTP on 127.0.0.1 by a separate process):
                against a Prefect test server, into a local-disk store.
 
 Each variant runs in a fresh process (no shared GDAL cache), its peak RSS sampled over its
-whole process tree. The last line printed is one JSON object with the figures.
+whole process tree. For each ingest variant the table also gives what the world's COG server
+served it (body bytes and requests, from the server's own request log, reset before the
+variant starts: the variants run one after another against the same server) and the MB its
+store takes on disk (apparent bytes: the sum of its files' sizes, as ``du -b``; none for the
+object store). The last line printed is one JSON object with the figures, among them
+``source_bytes_vs_baseline`` (bytes served to scenestore / to the baseline),
+``disk_vs_baseline`` (scenestore's store bytes / the baseline's) and ``ingest_vs_peer``
+(peer seconds / scenestore seconds: above 1, scenestore is faster).
 
-    python scripts/bench.py            # small scenes (1098 px), a few minutes
-    python scripts/bench.py --full     # one real-size 10980 px tile
+    python scripts/bench.py                           # small scenes (1098 px), a few minutes
+    python scripts/bench.py --full                    # one real-size 10980 px tile
+    python scripts/bench.py --only peer,scenestore    # some ingest variants, the table only
 """
 
 from __future__ import annotations
@@ -59,6 +73,8 @@ ALL_BANDS = [
     "SCL",
 ]
 CHECK_SCENES = 500
+#: The ingest variants, in the order they run and are printed.
+INGEST_VARIANTS = ("baseline", "peer", "limit", "scenestore", "s3", "dask")
 
 
 def cpu_seconds() -> float:
@@ -192,6 +208,61 @@ def _limit_band(task: tuple[str, str, str, int]) -> int:
     )
     arr[...] = data
     return len(payload)
+
+
+def variant_peer(items: list[dict], store: Path, chunk: int) -> dict:
+    """What a competent user writes instead: lazy odc-stac load in store-aligned dask chunks,
+    ``to_zarr`` (zarr v3, Blosc zstd), every scene's write computed in one dask graph."""
+    import dask
+    import odc.stac
+    import pystac
+    from zarr.codecs import BloscCodec
+
+    from scenestore.profiles import PROFILES
+
+    keys = PROFILES["earth-search"].asset_keys
+    started, cpu = time.perf_counter(), cpu_seconds()
+    writes = []
+    for doc in items:
+        item = pystac.Item.from_dict(doc)
+        ds = odc.stac.load(
+            [item],
+            bands=[keys[b] for b in ALL_BANDS],
+            crs="utm",
+            resolution=10,
+            resampling="nearest",
+            # The edge scenestore stores at 10 m: each dask block is one zarr chunk.
+            chunks={"x": chunk, "y": chunk},
+        )
+        ds = ds.rename({keys[b]: b for b in ALL_BANDS}).isel(time=0).drop_vars("time")
+        ds["SCL"] = ds["SCL"].astype("uint8")
+        enc = {
+            b: {
+                "dtype": "uint8" if b == "SCL" else "uint16",
+                "chunks": (chunk, chunk),
+                "_FillValue": 0,
+                # scenestore's codec: byte shuffle for uint16, bit shuffle for uint8.
+                "compressors": [
+                    BloscCodec(
+                        cname="zstd", clevel=3, shuffle="bitshuffle" if b == "SCL" else "shuffle"
+                    )
+                ],
+            }
+            for b in ALL_BANDS
+        }
+        writes.append(
+            ds.to_zarr(
+                store / f"{item.id}.zarr",
+                encoding=enc,
+                zarr_format=3,
+                consolidated=False,
+                mode="w",
+                compute=False,
+            )
+        )
+    # One compute over all scenes: dask's threads keep both cores busy on small scenes too.
+    dask.compute(*writes)
+    return {"ingest_s": time.perf_counter() - started, "cpu_s": cpu_seconds() - cpu}
 
 
 def variant_limit(items: list[dict], store: Path) -> dict:
@@ -443,6 +514,8 @@ def _child(args: argparse.Namespace) -> None:
     store = args.store if args.store.startswith("s3://") else Path(args.store)
     if args.variant.startswith("check-"):
         result = variant_check(items, store, args.variant.split("-", 1)[1])
+    elif args.variant == "peer":
+        result = variant_peer(items, store, args.chunk)
     else:
         result = globals()[f"variant_{args.variant}"](items, store)
     print(json.dumps(result))
@@ -451,6 +524,7 @@ def _child(args: argparse.Namespace) -> None:
 def _source_bytes(world: OfflineWorld, items: list[dict]) -> int:
     from scenestore.profiles import PROFILES
 
+    assert world.manifest is not None  # entered: the world exists
     keys = PROFILES["earth-search"].asset_keys
     total = 0
     for doc in items:
@@ -458,6 +532,40 @@ def _source_bytes(world: OfflineWorld, items: list[dict]) -> int:
             total += world.manifest.band_path(doc["id"], band).stat().st_size
             assert doc["assets"][keys[band]]["href"]
     return total
+
+
+def _store_chunk(world: OfflineWorld, items: list[dict]) -> int:
+    """The chunk edge scenestore stores at 10 m for these scenes (the peer's dask chunks).
+
+    Computed as scenestore computes it (from the COGs' tile heights), but from the world's
+    files on disk, so that the server counts no request for it.
+    """
+    import rasterio
+
+    from scenestore.stac import tile_aligned_chunk
+
+    assert world.manifest is not None  # entered: the world exists
+    tiles = set()
+    for doc in items:
+        for band in ALL_BANDS:
+            with rasterio.open(world.manifest.band_path(doc["id"], band)) as src:
+                tiles.add(int(src.block_shapes[0][0]))
+    return tile_aligned_chunk(int(items[0]["assets"]["red"]["proj:shape"][0]), sorted(tiles))
+
+
+def _disk_bytes(store: Path) -> int:
+    """Apparent bytes of the files under ``store`` (sum of file sizes, like ``du -b``)."""
+    return sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+
+
+def _served(world: OfflineWorld) -> dict:
+    """Body bytes and requests the COG server answered since its counters were last reset."""
+    assert world.http is not None  # entered: the server runs
+    records = world.http.requests()
+    return {
+        "served_bytes": sum(r.bytes_sent for r in records),
+        "requests": len(records),
+    }
 
 
 def _check_store(src_scene: Path, target: Path) -> None:
@@ -488,6 +596,25 @@ def _cpu(result: dict) -> str:
     return f"{result['cpu_s']:.2f}" if "cpu_s" in result else "-"
 
 
+def _print_table(results: dict[str, dict], chunk: int) -> None:
+    """The ingest variants side by side: time, CPU, memory, bytes served and stored."""
+    print(
+        f"{'variant':<12}{'ingest s':>10}{'wall s':>9}{'cpu s':>8}{'MB/s':>9}{'peak RSS MB':>13}"
+        f"{'served MB':>11}{'requests':>10}{'disk MB':>9}"
+    )
+    for name, r in results.items():
+        disk = "-" if r["disk_bytes"] is None else f"{r['disk_bytes'] / 1e6:.1f}"
+        print(
+            f"{name:<12}{r['ingest_s']:>10.2f}{r['wall_s']:>9.2f}{_cpu(r):>8}"
+            f"{r['mb_s']:>9.1f}{r['peak_rss_mb']:>13.0f}"
+            f"{r['served_bytes'] / 1e6:>11.1f}{r['requests']:>10}{disk:>9}"
+        )
+    print(
+        f"(served: body bytes the COG server sent the variant's process tree; disk: apparent "
+        f"bytes of the files of its store; peer dask chunks {chunk} px)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="one real-size 10980 px tile")
@@ -497,9 +624,14 @@ def main() -> None:
         action="store_true",
         help="instead: a one-year monthly backfill beside scenestore ingest (bench_backfill.py)",
     )
+    parser.add_argument(
+        "--only",
+        help="comma-separated ingest variants to run (e.g. peer,scenestore): table only",
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--items", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--chunk", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.backfill:
         script = str(Path(__file__).with_name("bench_backfill.py"))
@@ -507,6 +639,11 @@ def main() -> None:
     if args.variant:
         _child(args)
         return
+
+    wanted = args.only.split(",") if args.only else list(INGEST_VARIANTS)
+    unknown = sorted(set(wanted) - set(INGEST_VARIANTS))
+    if unknown:
+        raise SystemExit(f"--only: unknown variant(s) {unknown}; pick from {INGEST_VARIANTS}")
 
     from scenestore_world import OfflineWorld
 
@@ -525,18 +662,41 @@ def main() -> None:
         px = items[0]["assets"]["red"]["proj:shape"][0]
         print(f"{len(items)} scenes x 13 bands, {px} px at 10 m, {source / 1e6:.1f} MB of COGs\n")
 
-        def run(name: str, store_name: str | None = None) -> dict:
+        chunk = _store_chunk(world, items)
+        traffic = world.http
+        assert traffic is not None  # entered: the server runs
+
+        def run(name: str, store_name: str | None = None, extra: tuple[str, ...] = ()) -> dict:
             store = Path(tmp) / (store_name or name)
             store.mkdir(exist_ok=True)
-            result = run_variant(name, ["--items", str(items_file), "--store", str(store)])
+            result = run_variant(name, ["--items", str(items_file), "--store", str(store), *extra])
             result["mb_s"] = source / 1e6 / result["ingest_s"] if "ingest_s" in result else None
             return result
 
-        results = {name: run(name) for name in ("baseline", "limit", "scenestore")}
-        results["s3"] = run_s3(items_file)
-        results["dask"] = run("dask")
-        for name in ("s3", "dask"):
-            results[name]["mb_s"] = source / 1e6 / results[name]["ingest_s"]
+        def ingest(name: str) -> dict:
+            """One ingest variant, with what the COG server served it and what it stored."""
+            traffic.reset_stats()
+            if name == "s3":
+                result = run_s3(items_file)
+                result["mb_s"] = source / 1e6 / result["ingest_s"]
+            else:
+                result = run(name, extra=("--chunk", str(chunk)) if name == "peer" else ())
+            result.update(_served(world))
+            # An object store's bytes are not files here: no disk figure for s3.
+            result["disk_bytes"] = None if name == "s3" else _disk_bytes(Path(tmp) / name)
+            return result
+
+        results = {name: ingest(name) for name in INGEST_VARIANTS if name in wanted}
+        if "scenestore" in results:
+            stored = json.loads(
+                next((Path(tmp) / "scenestore").glob("*.zarr/B02/zarr.json")).read_text()
+            )
+            edge = stored["chunk_grid"]["configuration"]["chunk_shape"][-1]
+            if edge != chunk:
+                print(f"note: scenestore stored {edge} px chunks at 10 m, the peer used {chunk}")
+        if args.only:
+            _print_table(results, chunk)
+            return
         incremental = run("incremental")
         opened = run("open", "scenestore")
         integrity = run("integrity", "scenestore")
@@ -544,15 +704,9 @@ def main() -> None:
         _check_store(first, Path(tmp) / "check")
         checks = {how: run(f"check-{how}", "check") for how in ("baseline", "scenestore")}
 
-    print(
-        f"{'variant':<12}{'ingest s':>10}{'wall s':>9}{'cpu s':>8}{'MB/s':>9}{'peak RSS MB':>13}"
-    )
-    for name, r in results.items():
-        print(
-            f"{name:<12}{r['ingest_s']:>10.2f}{r['wall_s']:>9.2f}{_cpu(r):>8}"
-            f"{r['mb_s']:>9.1f}{r['peak_rss_mb']:>13.0f}"
-        )
+    _print_table(results, chunk)
     s, b, lim = results["scenestore"], results["baseline"], results["limit"]
+    peer = results["peer"]
     s3, dsk = results["s3"], results["dask"]
     print(
         f"\nscenestore / baseline throughput: {b['ingest_s'] / s['ingest_s']:.2f}x"
@@ -595,6 +749,22 @@ def main() -> None:
         "scenestore_s": round(s["ingest_s"], 2),
         "ingest_vs_baseline": round(b["ingest_s"] / s["ingest_s"], 2),
         "ingest_vs_limit": round(lim["ingest_s"] / s["ingest_s"], 2),
+        "peer_s": round(peer["ingest_s"], 2),
+        "ingest_vs_peer": round(peer["ingest_s"] / s["ingest_s"], 2),
+        "peer_cpu_s": round(peer["cpu_s"], 2),
+        "peer_peak_rss_mb": round(peer["peak_rss_mb"]),
+        "peer_chunk_px": chunk,
+        "source_bytes_vs_baseline": round(s["served_bytes"] / b["served_bytes"], 3),
+        "disk_vs_baseline": round(s["disk_bytes"] / b["disk_bytes"], 3),
+        **{
+            f"{name}_{key}": value
+            for name, r in results.items()
+            for key, value in (
+                ("served_mb", round(r["served_bytes"] / 1e6, 1)),
+                ("requests", r["requests"]),
+                ("disk_mb", None if r["disk_bytes"] is None else round(r["disk_bytes"] / 1e6, 1)),
+            )
+        },
         "s3_s": round(s3["ingest_s"], 2),
         "dask_s": round(dsk["ingest_s"], 2),
         "s3_ingest_vs_local": round(s["ingest_s"] / s3["ingest_s"], 2),
