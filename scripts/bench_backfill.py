@@ -19,6 +19,9 @@ Prefect's own look-up of each subflow run). The last line is one JSON object wit
 
     uv run --frozen python scripts/bench_backfill.py                  # subflows (default)
     uv run --frozen python scripts/bench_backfill.py --mode deployments
+    uv run --frozen python scripts/bench_backfill.py --windows-in-flight 2   # vs the default 1
+    uv run --frozen python scripts/bench_backfill.py --options '{"quicklooks": false}'
+    uv run --frozen python scripts/bench_backfill.py --profile /tmp/stacks.txt  # all threads
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,7 +72,8 @@ def run_ingest(world: Any, bbox: dict[str, float], store: Path) -> dict[str, Any
 
 
 def run_backfill(world: Any, bbox: dict[str, float], store: Path, mode: str,
-                 tmp: Path) -> dict[str, Any]:
+                 tmp: Path, profile: str | None = None,
+                 in_flight: int | None = None, options: str | None = None) -> dict[str, Any]:
     """The backfill flow in a fresh process against a ``prefect server`` started for it."""
     sys.path[:0] = [str(ROOT / "tests" / "flows")]
     from prefect_server import running_server
@@ -77,6 +83,12 @@ def run_backfill(world: Any, bbox: dict[str, float], store: Path, mode: str,
             server.deploy_with_worker(pool_from_cli=False)
         cmd = [sys.executable, __file__, "--variant", "backfill", "--mode", mode,
                "--store", str(store), "--stac-url", world.stac_url, "--bbox", json.dumps(bbox)]
+        if profile:
+            cmd += ["--profile", str(Path(profile).resolve())]
+        if in_flight:
+            cmd += ["--windows-in-flight", str(in_flight)]
+        if options:
+            cmd += ["--options", options]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=server.env, cwd=ROOT,
                               check=False)
@@ -129,9 +141,12 @@ def variant_backfill(args: argparse.Namespace) -> None:
     from flows.backfill import backfill
 
     started = time.perf_counter()
+    extra: dict[str, Any] = {"options": json.loads(args.options)} if args.options else {}
+    if args.windows_in_flight:
+        extra["max_windows_in_flight"] = args.windows_in_flight
     state = backfill(
         store=args.store, start=START, end=END, bbox=json.loads(args.bbox), bands=BANDS,
-        stac_url=args.stac_url, mode=args.mode, return_state=True,
+        stac_url=args.stac_url, mode=args.mode, return_state=True, **extra,
     )
     flow_s = time.perf_counter() - started
     if not state.is_completed():
@@ -144,7 +159,52 @@ def variant_backfill(args: argparse.Namespace) -> None:
     reads = sum(n for k, n in calls.items() if k == "POST /flow_runs/filter")
     print(json.dumps({"flow_s": flow_s, "api_calls": sum(calls.values()), "run_reads": reads,
                       "windows": len(state.result()["windows"]),
-                      "calls_by_endpoint": dict(calls.most_common(8))}))
+                      "calls_by_endpoint": dict(calls.most_common())}))
+
+
+@contextmanager
+def _sampling(out: Path, interval: float = 0.005) -> Iterator[None]:
+    """Sample every thread's stack (wall clock, like py-spy) and write the hottest frames.
+
+    cProfile sees only the main thread; the windows and the scene tasks run in others.
+    ``out`` gets inclusive sample counts per function and the most frequent stacks.
+    """
+    import threading
+    import traceback
+
+    inclusive: Counter[str] = Counter()
+    stacks: Counter[str] = Counter()
+    stop = threading.Event()
+    me = threading.get_ident()
+    samples = 0
+
+    def sample() -> None:
+        nonlocal samples
+        while not stop.wait(interval):
+            samples += 1
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                names = [f"{Path(f.filename).name}:{f.name}"
+                         for f in traceback.extract_stack(frame)]
+                for name in set(names):
+                    inclusive[name] += 1
+                stacks[" > ".join(names[-12:])] += 1
+
+    me_thread = threading.Thread(target=sample, daemon=True)
+    me_thread.start()
+    me = me_thread.ident or 0
+    try:
+        yield
+    finally:
+        stop.set()
+        me_thread.join()
+        lines = [f"{samples} samples every {interval * 1000:.0f} ms (all threads)", "",
+                 "inclusive samples per function:"]
+        lines += [f"{n:8d}  {name}" for name, n in inclusive.most_common(150)]
+        lines += ["", "stacks (last 12 frames):"]
+        lines += [f"{n:8d}  {stack}" for stack, n in stacks.most_common(60)]
+        out.write_text("\n".join(lines) + "\n")
 
 
 def stored_scenes(store: Path) -> int:
@@ -160,9 +220,20 @@ def main() -> None:
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--stac-url", help=argparse.SUPPRESS)
     parser.add_argument("--bbox", help=argparse.SUPPRESS)
+    parser.add_argument("--windows-in-flight", type=int, default=None, metavar="N",
+                        help="the backfill's max_windows_in_flight (the flow's default if unset)")
+    parser.add_argument("--options", metavar="JSON",
+                        help='the backfill\'s run options, e.g. \'{"quicklooks": false}\'')
+    parser.add_argument("--profile", metavar="FILE",
+                        help="also sample every thread's stack in the backfill process every "
+                             "5 ms and write the hottest functions and stacks to FILE")
     args = parser.parse_args()
     if args.variant == "backfill":
-        variant_backfill(args)
+        if args.profile:
+            with _sampling(Path(args.profile)):
+                variant_backfill(args)
+        else:
+            variant_backfill(args)
         return
 
     from scenestore_world import OfflineWorld
@@ -181,7 +252,8 @@ def main() -> None:
         print(f"Range {START}..{END} (scenes to {last}), box {bbox}, bands {','.join(BANDS)}")
         ingest = run_ingest(world, bbox, tmp / "ingest-store")
         (tmp / "prefect").mkdir()
-        backfill = run_backfill(world, bbox, tmp / "backfill-store", args.mode, tmp / "prefect")
+        backfill = run_backfill(world, bbox, tmp / "backfill-store", args.mode, tmp / "prefect",
+                                args.profile, args.windows_in_flight, args.options)
         scenes = {name: stored_scenes(tmp / f"{name}-store") for name in ("ingest", "backfill")}
     if scenes["ingest"] != scenes["backfill"] or not scenes["ingest"]:
         raise SystemExit(f"the two stores differ: {scenes}")

@@ -40,7 +40,7 @@ def child_runs(state) -> list:
 
 
 def test_backfill_runs_one_ingest_per_window_and_skips_complete_windows(world, http, store):
-    # No mode given: the windows run as subflows of this run, two at a time.
+    # No mode given: the windows run as subflows of this run, one at a time.
     params = {"store": str(store), "start": date(2024, 6, 1), "end": date(2024, 6, 14),
               "bbox": WORLD_BBOX, "bands": BANDS, "stac_url": world.stac_url,
               "window_unit": "week"}
@@ -53,6 +53,8 @@ def test_backfill_runs_one_ingest_per_window_and_skips_complete_windows(world, h
     # Started in date order, named after their windows, no deployment (in this process).
     assert [(r.name, r.deployment_id) for r in windows] == [
         ("ingest 2024-06-01..2024-06-07", None), ("ingest 2024-06-08..2024-06-14", None)]
+    # One window in flight by default: the second starts once the first's state is final.
+    assert windows[1].start_time >= windows[0].end_time
     assert _table(first, "backfill-windows") == [
         {"window": "2024-06-01..2024-06-07", "status": "Completed",
          "flow run": "ingest 2024-06-01..2024-06-07", "scenes": 3, "stored": 3},

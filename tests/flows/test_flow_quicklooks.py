@@ -41,7 +41,9 @@ def test_every_stored_scene_gets_a_quicklook_in_the_artifact(world, ingest_param
         assert png.startswith(b"\x89PNG") and png == path.read_bytes()
         assert f"File: `{path}`" in text
     names = [r.name for r in task_runs(state.state_details.flow_run_id)]
-    assert sum(n.startswith("quicklook-") for n in names) == len(identifiers)
+    # One task renders all of the run's quicklooks (a task run per scene costs more than
+    # a small quicklook).
+    assert len([n for n in names if n.startswith("quicklook")]) == 1, names
 
     again = ingest(**params, return_state=True)  # nothing stored: nothing rendered
     assert again.is_completed() and "No scene was stored in this run." in markdown_of(again)
