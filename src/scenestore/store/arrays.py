@@ -11,10 +11,9 @@ import json
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import xarray as xr
 import zarr
 from zarr.core.buffer import BufferPrototype
 from zarr.core.buffer.cpu import Buffer as CpuBuffer
@@ -30,6 +29,9 @@ from scenestore.errors import (
 from scenestore.redact import redact, strip_query
 from scenestore.store.layout import choose_chunk, covers_whole_chunks
 from scenestore.store.records import chunk_digest
+
+if TYPE_CHECKING:  # xarray loads on first use: `ls`, `rm` and `verify` never need it
+    import xarray as xr
 
 #: Coordinates that describe the grid rather than a band.
 GRID_VARS = ("x", "y", "spatial_ref")
@@ -385,6 +387,8 @@ def open_checked(
     With ``scene_grid`` bands stored on a native grid are repeated onto the scene grid, lazily
     (:func:`scenestore.store.native.to_scene_grid`); otherwise each band comes as stored.
     """
+    import xarray as xr
+
     from scenestore.store.integrity import damaged
     from scenestore.store.native import to_scene_grid
 

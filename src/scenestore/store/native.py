@@ -14,12 +14,14 @@ block, which is exactly nearest resampling: the Dataset is the one layout 1 stor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 
 from scenestore.errors import CoordinateMismatchError
+
+if TYPE_CHECKING:  # xarray loads on first use: `ls`, `rm` and `verify` never need it
+    import xarray as xr
 
 #: Group attribute holding the scene's layout version (absent: layout 1, every band on x/y).
 LAYOUT_ATTR = "scenestore_layout"
@@ -110,6 +112,8 @@ def to_scene_grid(ds: xr.Dataset, bands: list[str]) -> xr.Dataset:
     :data:`GRID_ATTR` of bands and the :data:`LAYOUT_ATTR` of the scene are dropped: the result
     is the Dataset a scene of layout 1 holds.
     """
+    import xarray as xr
+
     variables: dict[str, xr.DataArray] = {}
     for band in bands:
         var = ds[band]

@@ -26,10 +26,9 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from scenestore.errors import (
@@ -80,6 +79,9 @@ from scenestore.store.records import (
     record_bytes,
     tree_checksum,
 )
+
+if TYPE_CHECKING:  # xarray loads on first use: `ls`, `rm` and `verify` never need it
+    import xarray as xr
 
 logger = logging.getLogger(__name__)
 
@@ -361,6 +363,8 @@ class SceneStore:
         names = list(GRID_VARS) + sorted(
             {d for b in band_names(ds) for d in band_grid(ds[b]) if d not in BASE_DIMS}
         )
+        import xarray as xr
+
         grid = xr.Dataset(coords={n: ds.coords[n] for n in names if n in ds.coords})
         grid.attrs = json_safe({**ds.attrs, LAYOUT_ATTR: LAYOUT_VERSION})
         grid.to_zarr(
