@@ -528,7 +528,7 @@ def ls_(
         print(json.dumps([i.as_record() for i in infos], indent=1))
         return
     total = _size(sum(i.size_bytes for i in infos))
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for info in infos:
         bands = _bands(info.bands) if info.bands else "(none committed)"
         if info.damaged:

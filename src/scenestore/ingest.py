@@ -1,8 +1,16 @@
-"""Batch ingest: :meth:`StoreManager.ingest` over many scenes; one failure stops no other."""
+"""Batch ingest: :meth:`StoreManager.ingest` over many scenes; one failure stops no other.
+
+Scenes are ingested in threads of this process. Asked for (``processes=N`` or
+``SCENESTORE_PROCESSES=N``), several scenes of a local store are ingested in forked worker
+processes instead, one scene per process at a time (:mod:`scenestore.procpool`), so small
+scenes keep every core busy. It is opt-in: a worker forked after this process has read pixels
+in threads can hang (a lock held by a native thread at the fork, not found yet).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -10,6 +18,12 @@ from typing import TypeVar
 from scenestore.errors import InvalidRequestError, ScenestoreError, store_io_error
 from scenestore.manager import IngestResult, StoreManager
 from scenestore.network import DEFAULT_RETRIES, transient_retrying
+from scenestore.procpool import (
+    PROCESSES_ENV,
+    ingest_in_processes,
+    processes_wanted,
+    unfit_for_processes,
+)
 from scenestore.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -29,6 +43,7 @@ def ingest_items(
     retries: int = DEFAULT_RETRIES,
     backoff_s: float | None = None,
     on_result: Callable[[IngestResult], None] | None = None,
+    processes: int | None = None,
 ) -> list[IngestResult]:
     """Download and store the missing bands of each scene, several scenes at a time.
 
@@ -41,23 +56,32 @@ def ingest_items(
     Args:
         manager: The store manager (must have a store).
         items: Scenes as items or ids.
-        max_workers: Scenes in flight at once (>= 1).
+        max_workers: Scenes in flight at once (>= 1): worker processes of one scene each, or
+            threads when processes are not used.
         retries: Further attempts of a scene after a transient failure.
         backoff_s: First retry delay in seconds (default
             :func:`scenestore.network.retry_backoff_s`); doubles on each retry, plus jitter.
-        on_result: Called after each scene as it finishes, e.g. to advance a progress bar.
+        on_result: Called after each scene as it finishes, e.g. to advance a progress bar;
+            always in this process.
+        processes: Worker processes at most (0 or 1: threads only); None reads
+            ``SCENESTORE_PROCESSES`` (unset: threads only). Used for two or more scenes of a
+            local store, up to ``max_workers`` and the number of scenes; see
+            :mod:`scenestore.procpool`.
 
     Returns:
         One result per scene, in input order.
 
     Raises:
-        InvalidRequestError: If ``max_workers`` is below 1.
+        InvalidRequestError: If ``max_workers`` is below 1, or ``processes`` (or
+            ``SCENESTORE_PROCESSES``) is not a count >= 0.
     """
     if max_workers < 1:
         raise InvalidRequestError(
             f"Scenes in flight {max_workers!r} is below 1; expected a positive number."
         )
     items = list(items)
+    asked = processes is not None or bool(os.environ.get(PROCESSES_ENV, "").strip())
+    workers = min(processes_wanted(processes), max_workers, len(items))
 
     # Only TransientSourceError is retried: a local I/O error (StoreIOError, disk full) or a
     # user mistake would fail the same way again.
@@ -78,14 +102,29 @@ def ingest_items(
             # The result carries the error; callers report it (the CLI in its summary).
             logger.info("Scene %s failed: %s", identifier, redact(str(err)))
             result = IngestResult(identifier, error=redact(str(err)))
+        return result
+
+    def reported(item: T) -> IngestResult:
+        result = one(item)
         if on_result is not None:
             on_result(result)
         return result
 
+    if workers >= 2:
+        unfit = unfit_for_processes(manager, asked=asked)
+        if unfit is None:
+            return ingest_in_processes(
+                one,
+                items,
+                workers,
+                on_result=on_result,
+                identifier=lambda item: _safe_identifier(manager, item),
+            )
+        logger.debug("Scenes are ingested in threads: %s", unfit)
     if max_workers == 1 or len(items) <= 1:
-        return [one(item) for item in items]
+        return [reported(item) for item in items]
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="scene") as pool:
-        return list(pool.map(one, items))
+        return list(pool.map(reported, items))
 
 
 def _safe_identifier(manager: StoreManager[T], item: T) -> str:

@@ -1,0 +1,273 @@
+"""Scenes ingested in worker processes: both cores busy on many small scenes.
+
+One process of threads keeps about 1.4 of 2 cores busy on small scenes: decoding, resampling
+and compressing hold the GIL long enough that a second scene in flight mostly waits. Worker
+processes each ingest one scene at a time, with their own interpreter.
+
+Workers are forked from the caller (the ``fork`` start method, Linux only), so they start in
+milliseconds with every module already imported and the caller's manager, items and scene
+function inherited as they are: nothing has to be picklable but the results. A fresh
+interpreter (``spawn``, ``forkserver``) would spend about 2 CPU seconds per process importing
+odc-stac and rasterio, more than a small scene takes to ingest.
+
+What a worker process keeps from the caller, and what it makes anew:
+
+- the provider budget (:mod:`scenestore.throttle`): made anew in each worker, its rate shared
+  by all workers through a :class:`~scenestore.throttle.FileGate` in a temporary directory
+  (or the caller's gate, or ``SCENESTORE_THROTTLE_DIR``'s), and each profile's concurrency cap
+  divided between the workers, so the pool as a whole keeps one budget;
+- GDAL's HTTP cache is emptied, so no worker reuses a connection or a cached range of the
+  caller's;
+- the per-scene writer lock is a file lock (``flock``), held by the worker that writes and
+  released by the kernel if it dies; a band is present only once its commit record is
+  written, so a killed worker leaves nothing that looks present.
+
+A scene whose worker dies (killed, out of memory) is ingested again in a process of its own;
+if that one dies too, the scene is reported failed and the others are stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import TypeVar
+
+from scenestore.errors import InvalidRequestError
+from scenestore.manager import IngestResult, StoreManager
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Worker processes for batch ingest: a number, ``0``/``1``/``off`` for none (threads only);
+#: unset means none. Opt-in: a worker forked after the caller read pixels in threads can hang.
+PROCESSES_ENV = "SCENESTORE_PROCESSES"
+
+_OFF = frozenset({"off", "no", "false", "none"})
+
+#: Error of a scene whose worker process died twice (a scene, not the batch, fails).
+WORKER_DIED = (
+    "its worker process ended abruptly (killed, or out of memory) twice; bands not "
+    "committed were not stored. Run the ingest again, or with {env}=0 to use threads."
+)
+
+
+def processes_wanted(processes: int | None = None) -> int:
+    """The worker processes asked for: ``processes``, else :data:`PROCESSES_ENV`, else none.
+
+    Args:
+        processes: An explicit count (0 or 1: none), or None to read the environment.
+
+    Returns:
+        The count (1 means no worker processes).
+
+    Raises:
+        InvalidRequestError: If the count, or the environment's value, is not a number >= 0.
+    """
+    if processes is None:
+        text = os.environ.get(PROCESSES_ENV, "").strip().lower()
+        if not text or text in _OFF:
+            return 1
+        try:
+            processes = int(text)
+        except ValueError:
+            raise InvalidRequestError(
+                f"{PROCESSES_ENV}={text!r} is not a number; expected a count of worker "
+                "processes, or 0/off for threads only."
+            ) from None
+    if processes < 0:
+        raise InvalidRequestError(
+            f"Worker processes {processes!r} is below 0; expected a count, or 0 for none."
+        )
+    return max(processes, 1)
+
+
+def unfit_for_processes(manager: StoreManager[T], *, asked: bool = True) -> str | None:
+    """Why ``manager``'s scenes cannot be ingested by forked workers, or None if they can.
+
+    Only a local directory store qualifies: a ``memory://`` store lives in one process, and
+    an object store's client (its connections, its async runtime) must not be shared by a
+    forked child. Unless processes were ``asked`` for, this process must run no other
+    thread: a child forked while another thread holds a lock (GDAL's, a thread pool's, a
+    progress bar's) can wait for it forever.
+    """
+    if not asked and threading.active_count() > 1:
+        return f"{threading.active_count() - 1} other thread(s) run in this process"
+    if not sys.platform.startswith("linux"):
+        return f"the fork start method is not safe on {sys.platform!r}"
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return "the fork start method is not available"
+    if not isinstance(manager.store, Path):
+        return f"the store {manager.store!r} is not a local directory"
+    return None
+
+
+def ingest_in_processes(
+    run_one: Callable[[T], IngestResult],
+    items: Sequence[T],
+    processes: int,
+    *,
+    on_result: Callable[[IngestResult], None] | None = None,
+    identifier: Callable[[T], str],
+) -> list[IngestResult]:
+    """Ingest ``items`` with ``run_one`` in ``processes`` forked workers, one scene each.
+
+    Args:
+        run_one: Ingests one scene and returns its result (scene failures inside it).
+        items: The scenes.
+        processes: Worker processes (>= 2).
+        on_result: Called in this process after each scene, as it finishes.
+        identifier: A scene's identifier, for the error of a scene whose worker died.
+
+    Returns:
+        One result per scene, in input order.
+    """
+    results: dict[int, IngestResult] = {}
+
+    def finished(index: int, result: IngestResult) -> None:
+        results[index] = result
+        if on_result is not None:
+            on_result(result)
+
+    died = _run_pool(run_one, items, range(len(items)), processes, finished)
+    if died:
+        logger.warning(
+            "A worker process ended abruptly; ingesting %d scene(s) again, each in a process "
+            "of its own",
+            len(died),
+        )
+    for index in died:
+        # Alone in its pool, a scene that kills its worker again is known to be the cause.
+        if _run_pool(run_one, items, [index], 1, finished):
+            finished(
+                index,
+                IngestResult(identifier(items[index]), error=WORKER_DIED.format(env=PROCESSES_ENV)),
+            )
+    return [results[i] for i in range(len(items))]
+
+
+def _run_pool(
+    run_one: Callable[[T], IngestResult],
+    items: Sequence[T],
+    indices: Sequence[int],
+    processes: int,
+    finished: Callable[[int, IngestResult], None],
+) -> list[int]:
+    """Run ``indices`` in a pool; return the ones whose worker died (pool broken)."""
+    with _shared_gate() as gate_dir:
+        pool = ProcessPoolExecutor(
+            max_workers=processes,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_start_worker,  # type: ignore[arg-type]
+            initargs=(run_one, items, processes, gate_dir),  # type: ignore[arg-type]
+        )
+        died: list[int] = []
+        try:
+            futures: dict[Future[IngestResult], int] = {
+                pool.submit(_ingest_one, index): index for index in indices
+            }
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    died.append(index)
+                    continue
+                finished(index, result)
+        finally:
+            # A bug raised in a worker propagates: the scenes not started are not started.
+            pool.shutdown(wait=True, cancel_futures=True)
+        return sorted(died)
+
+
+@contextlib.contextmanager
+def _shared_gate() -> Iterator[str | None]:
+    """A temporary :class:`~scenestore.throttle.FileGate` directory for one pool's workers."""
+    from scenestore.throttle import SHARED_DIR_ENV
+
+    if os.environ.get(SHARED_DIR_ENV, "").strip():
+        yield None  # the workers inherit the environment and share its gate already
+        return
+    directory = tempfile.mkdtemp(prefix="scenestore-budget-")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- in the worker process ----------------------------------------------------------------------
+
+_run_one: Callable[[object], IngestResult] | None = None
+_items: Sequence[object] = ()
+
+
+def _start_worker(
+    run_one: Callable[[object], IngestResult],
+    items: Sequence[object],
+    processes: int,
+    gate_dir: str | None,
+) -> None:
+    """Keep the scene function and items; give this process its share of the budget."""
+    global _run_one, _items
+    _run_one, _items = run_one, items
+    from scenestore import throttle
+    from scenestore.gdal import clear_http_cache
+    from scenestore.profiles import PROFILES
+
+    # Each profile's cap on requests in flight, divided between the workers (rounded up).
+    caps = []
+    for name, profile in PROFILES.items():
+        cap = throttle.limits_of(profile).concurrency
+        if cap is not None:
+            caps.append(f"{name}={max(1, math.ceil(cap / processes))}")
+    if caps:
+        os.environ[throttle.CONCURRENCY_ENV] = ",".join(caps)
+    # Budgets made anew: the caller's copies count its requests, not this process's.
+    throttle.reset_budgets()
+    previous = throttle.set_fleet_gate(None)
+    if previous is not None:
+        throttle.set_fleet_gate(previous)  # the caller's own cross-process gate: keep it
+    elif gate_dir is not None:
+        throttle.set_fleet_gate(throttle.FileGate(gate_dir))
+    if "rasterio" in sys.modules:
+        clear_http_cache()
+    _forget_thread_pools()
+
+
+def _forget_thread_pools() -> None:
+    """Drop dask's thread pools inherited from the caller: their threads were not forked.
+
+    dask's threaded scheduler keeps its pools in module globals and never checks the pid; a
+    computation handed to a pool whose threads exist only in the caller waits forever.
+    """
+    threaded = sys.modules.get("dask.threaded")
+    if threaded is None:
+        return
+    threaded.default_pool = None  # type: ignore[attr-defined]
+    threaded.pools.clear()
+    threaded.pools_lock = threading.Lock()  # type: ignore[attr-defined]
+
+
+def _ingest_one(index: int) -> IngestResult:
+    if _run_one is None:  # pragma: no cover - the initializer always runs first
+        raise RuntimeError("worker process was not initialised")
+    return _run_one(_items[index])
+
+
+__all__ = [
+    "PROCESSES_ENV",
+    "ingest_in_processes",
+    "processes_wanted",
+    "unfit_for_processes",
+]
