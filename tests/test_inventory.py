@@ -74,7 +74,7 @@ def ident(item) -> str:
 
 
 def info(identifier: str, when: str | None, stac_id: str | None = None) -> SceneInfo:
-    return SceneInfo(identifier, ("B02",), 1, datetime=when, attrs={"stac_id": stac_id})
+    return SceneInfo(identifier, ("B02",), 1, datetime=when, item_id=stac_id)
 
 
 def test_selectors_pick_by_sensing_day_and_keep_list():

@@ -28,7 +28,7 @@ from typer._click import exceptions as click_errors  # typer vendors click since
 from typer.core import TyperGroup
 
 from scenestore.bands import ALL_BANDS, normalize_bands
-from scenestore.cli_options import StoreOpt, _store_location  # noqa: F401 (shared with cli_store)
+from scenestore.cli_options import StoreOpt, _store_location  # the parser of --store
 from scenestore.errors import (
     DamagedSceneError,
     InvalidRequestError,
@@ -222,12 +222,64 @@ def search(
             help="Also write the item ids found to this file (for `ingest --ids-file`).",
         ),
     ] = None,
+    store: Annotated[
+        Any,
+        typer.Option(
+            "--store",
+            parser=_store_location,
+            help="Search this store's scenes offline (its index) instead of a STAC API.",
+        ),
+    ] = None,
+    bands: Annotated[
+        str | None,
+        typer.Option("--bands", help="With --store: only scenes with these bands committed."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --store: print JSON instead of a table.")
+    ] = False,
 ) -> None:
-    """Search a STAC API and print the matching scenes as a table."""
+    """Search a STAC API (or, with --store, a store offline) and print the matching scenes."""
     from scenestore.profiles import get_profile, tile_of
 
-    prof = get_profile(profile)
     query = _query(bbox, aoi, start, end, max_cloud, tiles)
+    if store is None and (bands is not None or as_json):
+        raise InvalidRequestError(
+            f"{'--bands' if bands is not None else '--json'} was given without --store; "
+            "expected --store STORE to search a store's scenes offline."
+        )
+    if store is not None:
+        from scenestore.cli_index import print_found, read_index
+        from scenestore.offline import index_query
+
+        if stac_url is not None:
+            raise InvalidRequestError(
+                "--stac-url was given with --store; expected one of them: --store searches "
+                "the store offline, --stac-url a STAC API."
+            )
+        wanted = normalize_bands(bands) if bands else []
+        found = read_index(store).search(index_query(query, wanted))
+        if ids_out is not None:
+            from scenestore.idlist import write_id_file
+
+            write_id_file(
+                ids_out,
+                [info.identifier for info in found],
+                header=[
+                    f"scenestore search --store {store}: {len(found)} stored scenes",
+                    f"query: {query.to_json()}",
+                ],
+            )
+            err_console.print(f"Wrote {len(found)} identifiers to {ids_out}", highlight=False)
+        print_found(
+            found,
+            f"stored scenes match in {store}",
+            size=_size,
+            bands_text=_bands,
+            table=_plain_table,
+            as_json=as_json,
+        )
+        return
+    prof = get_profile(profile)
     items = _search_with_retries(query, stac_url=stac_url, profile=prof)
     if ids_out is not None:
         from datetime import UTC, datetime
@@ -305,6 +357,14 @@ def ingest(
             help="File of ids, one per line ('#' comments), or a STAC ItemCollection JSON.",
         ),
     ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="Never touch the network: find the scenes in the store's index and say "
+            "which lack bands (exit 1 if any).",
+        ),
+    ] = False,
 ) -> None:
     """Search (or read --item files, or fetch --ids), then download the missing bands.
 
@@ -328,8 +388,30 @@ def ingest(
         chosen.asset_key(band)
     source_url = stac_url or chosen.stac_url
     store_location(store)  # a malformed URL is a user mistake: exit 2 before any request
-    wanted = item_ids(_id_entries(ids, ids_file), chosen)
     searching = any(v is not None for v in (start, end, bbox, aoi, max_cloud, tiles))
+    if offline:
+        from scenestore.cli_index import check_offline_options, offline_ingest
+
+        check_offline_options(**{"--item": item_files, "--stac-url": stac_url})
+        entries = _id_entries(ids, ids_file)
+        offline_query = (
+            _query(
+                bbox, aoi, _required(start, "--start"), _required(end, "--end"), max_cloud, tiles
+            )
+            if searching or not entries
+            else None
+        )
+        code = offline_ingest(
+            store,
+            offline_query,
+            entries,
+            band_list,
+            console=console,
+            err_console=err_console,
+            bands_text=_bands,
+        )
+        raise typer.Exit(code)
+    wanted = item_ids(_id_entries(ids, ids_file), chosen)
     items: list[pystac.Item] = []
     if item_files and (ids or ids_file):
         raise InvalidRequestError(
@@ -516,36 +598,31 @@ def _print_summary(results: list[IngestResult], elapsed: float, *, searched: boo
 def ls_(
     store: StoreOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    scan: Annotated[
+        bool,
+        typer.Option(
+            "--scan", help="Read every scene's commit records instead of the store index."
+        ),
+    ] = False,
 ) -> None:
     """List the scenes in a store: sensing date, tile, cloud cover, bands and size."""
-    import json
+    from scenestore.cli_index import print_found, read_index
 
-    from scenestore.store import open_store
-    from scenestore.store.inventory import list_scenes
+    if scan:
+        from scenestore.store import open_client, store_location
+        from scenestore.store.inventory import list_scenes
 
-    infos = list_scenes(open_store(store))
-    if as_json:
-        print(json.dumps([i.as_record() for i in infos], indent=1))
-        return
-    total = _size(sum(i.size_bytes for i in infos))
-    rows: list[tuple[str, ...]] = []
-    for info in infos:
-        bands = _bands(info.bands) if info.bands else "(none committed)"
-        if info.damaged:
-            bands += f" (damaged: {'; '.join(info.damaged)})"
-        cloud = "" if info.cloud_cover is None else f"{info.cloud_cover:.1f}"
-        rows.append(
-            (
-                info.identifier,
-                (info.datetime or "")[:10],
-                info.tile or "",
-                cloud,
-                bands,
-                _size(info.size_bytes),
-            )
-        )
-    print(f"{len(infos)} scenes in {store} ({total})")
-    print(_plain_table(("scene", "sensing date", "tile", "cloud %", "bands", "size"), rows))
+        infos = list_scenes(open_client(store_location(store)), scan=True)
+    else:
+        infos = read_index(store).scenes()
+    print_found(
+        infos,
+        f"scenes in {store}",
+        size=_size,
+        bands_text=_bands,
+        table=_plain_table,
+        as_json=as_json,
+    )
     damaged = [i.identifier for i in infos if i.damaged]
     if damaged:
         err_console.print(
@@ -785,9 +862,13 @@ def _crs_name(text: Any) -> str:
 
 
 def _register_store_commands() -> None:
+    from scenestore.cli_index import register as register_index
+    from scenestore.cli_serve import register as register_serve
     from scenestore.cli_store import register
 
-    register(app, user_errors=user_errors, console=console, err_console=err_console, size=_size)
+    for add in (register, register_index):
+        add(app, user_errors=user_errors, console=console, err_console=err_console, size=_size)
+    register_serve(app, user_errors=user_errors)
 
 
 _register_store_commands()

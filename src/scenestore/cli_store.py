@@ -27,6 +27,7 @@ def open_store(location: Any) -> Any:
 
     return open_scenes(location)
 
+
 YesOpt = Annotated[bool, typer.Option("--yes", help="Remove them (default: a dry run).")]
 WaitOpt = Annotated[
     float,
@@ -68,9 +69,7 @@ def register(
         size: Formats a byte count for humans.
     """
 
-    def removal_report(
-        infos: list[Any], *, yes: bool, wait: float, store: Any, what: str
-    ) -> None:
+    def removal_report(infos: list[Any], *, yes: bool, wait: float, store: Any, what: str) -> None:
         """List what would go; with ``yes`` remove it and report the skipped (exit 1)."""
         from scenestore.store.removal import remove_scenes
 
@@ -82,17 +81,16 @@ def register(
         for col in ("scene", "sensing date", "bands", "size"):
             table.add_column(col, no_wrap=col != "bands")
         for i in infos:
-            table.add_row(i.identifier, (i.datetime or "")[:10], str(len(i.bands)),
-                          size(i.size_bytes))
+            table.add_row(
+                i.identifier, (i.datetime or "")[:10], str(len(i.bands)), size(i.size_bytes)
+            )
         console.print(table)
         if not yes:
             console.print("Dry run: nothing removed. Run again with --yes to remove them.")
             return
         results = remove_scenes(open_store(store), [i.identifier for i in infos], wait_seconds=wait)
         done = [r for r in results if r.removed]
-        console.print(
-            f"Removed {len(done)} scenes, freed {size(sum(r.size_bytes for r in done))}."
-        )
+        console.print(f"Removed {len(done)} scenes, freed {size(sum(r.size_bytes for r in done))}.")
         skipped = [r for r in results if not r.removed]
         for r in skipped:
             err_console.print(f"[yellow]skipped:[/] {r.reason}", highlight=False, soft_wrap=True)
@@ -130,26 +128,60 @@ def register(
                 "line, or a STAC ItemCollection JSON).",
             ),
         ] = None,
+        max_size: Annotated[
+            str | None,
+            typer.Option(
+                "--max-size",
+                help="Remove the least recently ingested scenes until the store fits, e.g. 500GB.",
+            ),
+        ] = None,
+        older_than: Annotated[
+            str | None,
+            typer.Option(
+                "--older-than",
+                help="Remove scenes ingested longer ago than this (30d, 12h, 2w) or before a day.",
+            ),
+        ] = None,
         yes: YesOpt = False,
         wait: WaitOpt = 0.0,
     ) -> None:
-        """Remove scenes sensed --before a day, or --not-in a keep list (a dry run unless --yes)."""
+        """Remove scenes sensed --before a day, --not-in a keep list, ingested --older-than an
+        age, or the least recently ingested until the store fits --max-size (a dry run unless
+        --yes). The selection reads the store index; each removal checks the scene itself."""
+        from datetime import UTC, datetime
+
         from scenestore.aoi import parse_date
         from scenestore.idlist import read_id_file
         from scenestore.store.inventory import list_scenes
-        from scenestore.store.removal import select_before, select_not_in
+        from scenestore.store.removal import (
+            parse_age,
+            parse_size,
+            select_before,
+            select_ingested_before,
+            select_not_in,
+            select_to_fit,
+        )
 
         check_wait(wait)
-        if (before is None) == (not_in is None):
+        chosen = [
+            name
+            for name, value in (
+                ("--before", before),
+                ("--not-in", not_in),
+                ("--max-size/--older-than", max_size or older_than),
+            )
+            if value is not None
+        ]
+        if len(chosen) != 1:
             raise InvalidRequestError(
-                f"prune got {'both' if before is not None else 'neither of'} --before and "
-                "--not-in; expected exactly one of --before YYYY-MM-DD or --not-in FILE."
+                f"prune got {' and '.join(chosen) or 'no selection'}; expected exactly one of "
+                "--before YYYY-MM-DD, --not-in FILE, or --max-size SIZE and/or --older-than AGE."
             )
         if before is not None:
             day = parse_date(before, name="--before date")
             infos = select_before(list_scenes(open_store(store)), day)
             what = f"sensed before {day.isoformat()}"
-        elif not_in is not None:  # exactly one of the two is given (checked above)
+        elif not_in is not None:
             keep = {entry.value for entry in read_id_file(not_in)}
             if not keep:
                 raise InvalidRequestError(
@@ -159,6 +191,19 @@ def register(
                 )
             infos = select_not_in(list_scenes(open_store(store)), keep)
             what = f"not in {not_in}"
+        else:
+            limit = parse_size(max_size) if max_size is not None else None
+            cutoff = parse_age(older_than, now=datetime.now(UTC)) if older_than else None
+            every = list_scenes(open_store(store))
+            infos = select_ingested_before(every, cutoff) if cutoff else []
+            reasons = [f"ingested before {cutoff:%Y-%m-%d %H:%M} UTC"] if cutoff else []
+            if limit is not None:
+                infos = select_to_fit(every, limit, already=infos)
+                total = sum(i.size_bytes for i in every)
+                reasons.append(
+                    f"least recently ingested, to fit {size(limit)} (store holds {size(total)})"
+                )
+            what = " or ".join(reasons)
         removal_report(infos, yes=yes, wait=wait, store=store, what=what)
 
     @app.command()

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from zarr.storage import LocalStore
 
 from scenestore.errors import LeaseHeldError, StoreError, UnsafePathError, store_io_error
 from scenestore.fsafety import (
@@ -162,6 +161,14 @@ class LocalClient:
                     names.append(entry.name)
         return sorted(names)
 
+    def stamp(self, prefix: str) -> str | None:
+        try:
+            # lstat: a linked directory's own time, never its target's (the link is refused
+            # when the scene is read).
+            return str(os.lstat(os.path.join(self.root, prefix.strip("/"))).st_mtime_ns)
+        except OSError:
+            return None
+
     def delete(self, keys: builtins.list[str]) -> None:
         for key in keys:
             with self._errors(f"delete {key!r}"):
@@ -207,7 +214,10 @@ class LocalClient:
         except OSError:  # a read-only store: no writer can be running in it either
             return False
 
-    def zarr_store(self, *, read_only: bool = False) -> GuardedLocalStore:
+    def zarr_store(self, *, read_only: bool = False) -> Any:
+        # zarr is imported here, not at the top: listing a store from its index needs none.
+        from scenestore.store._local_zarr import GuardedLocalStore
+
         return GuardedLocalStore(self.root, read_only=read_only)
 
     def href(self, key: str) -> str:
@@ -248,41 +258,4 @@ class LocalClient:
         mkdir_inside(self.root, path)
 
 
-class GuardedLocalStore(LocalStore):
-    """zarr's ``LocalStore``, but no key is read, written or deleted through a symlink."""
-
-    def _guard(self, key: str) -> None:
-        check_nofollow(self.root, key)
-
-    async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
-        self._guard(key)
-        return await super().get(key, prototype, byte_range)
-
-    async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
-        key_ranges = list(key_ranges)
-        for key, _ in key_ranges:
-            self._guard(key)
-        return await super().get_partial_values(prototype, key_ranges)
-
-    async def set(self, key: str, value: Any) -> None:
-        self._guard(key)
-        await super().set(key, value)
-
-    async def set_if_not_exists(self, key: str, value: Any) -> None:
-        self._guard(key)
-        await super().set_if_not_exists(key, value)
-
-    async def delete(self, key: str) -> None:
-        self._guard(key)
-        await super().delete(key)
-
-    async def delete_dir(self, prefix: str) -> None:
-        self._guard(prefix)
-        await super().delete_dir(prefix)
-
-    async def exists(self, key: str) -> bool:
-        self._guard(key)
-        return await super().exists(key)
-
-
-__all__ = ["GuardedLocalStore", "LocalClient"]
+__all__ = ["LocalClient"]

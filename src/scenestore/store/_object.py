@@ -324,6 +324,9 @@ class ObjectClient:
             result = obstore.list_with_delimiter(self.store, prefix=prefix or None)
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in result["common_prefixes"])
 
+    def stamp(self, prefix: str) -> str | None:
+        return None  # object stores have no directories, so no cheap change time
+
     def delete(self, keys: builtins.list[str]) -> None:
         """Delete objects (missing ones are fine)."""
         import obstore

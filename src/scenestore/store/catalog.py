@@ -40,6 +40,7 @@ from scenestore.bands import BAND_SPECS
 from scenestore.errors import InvalidRequestError, UnsafePathError
 from scenestore.fsafety import inside_store
 from scenestore.store.arrays import crs_of
+from scenestore.store.index import grid_footprint
 from scenestore.store.inventory import SceneInfo, list_scenes
 from scenestore.store.layout import quicklook_key, scene_key
 from scenestore.store.native import GRID_ATTR
@@ -112,7 +113,8 @@ def build_item(scenes: SceneStore, info: SceneInfo) -> pystac.Item:
     transform = [res_x, 0.0, float(x[0]) - res_x / 2, 0.0, res_y, float(y[0]) - res_y / 2]
     # Any CRS form pyproj accepts (a subclass may store "EPSG:32633" rather than WKT).
     crs = crs_of(dict(group["spatial_ref"].attrs), what=f"Scene {info.identifier!r}")
-    geometry, bbox = _footprint(crs, transform, (int(y.size), int(x.size)))
+    footprint = grid_footprint(crs, transform, (int(y.size), int(x.size)))
+    geometry, bbox = footprint["geometry"], footprint["bbox"]
     item = pystac.Item(
         id=info.identifier,
         geometry=geometry,
@@ -182,7 +184,7 @@ def write_catalog(scenes: SceneStore, out: Path, *, title: str | None = None) ->
         InvalidRequestError: If ``out`` is the store itself, inside a scene, a file, or holds
             other files.
     """
-    infos = [i for i in list_scenes(scenes) if i.bands]
+    infos = [i for i in list_scenes(scenes, scan=True) if i.bands]
     root = scenes.client.local_root()
     out = check_catalog_dir(out, root)
     name = root.name if root is not None else str(scenes)
@@ -375,21 +377,6 @@ def _when(info: SceneInfo) -> datetime:
             "attribute every ingested scene has."
         )
     return datetime.fromisoformat(str(info.datetime).replace("Z", "+00:00"))
-
-
-def _footprint(
-    crs: Any, transform: list[float], shape: tuple[int, int]
-) -> tuple[dict[str, Any], list[float]]:
-    """The grid's outline in lon/lat (densified, so UTM edges stay true) and its bbox."""
-    from affine import Affine
-    from odc.geo.geobox import GeoBox
-
-    geobox = GeoBox(shape, Affine(*transform), crs)
-    edge = max(abs(transform[0]) * shape[1], abs(transform[4]) * shape[0])
-    # Four segments per edge keep the outline true to the UTM grid without thousands of points.
-    extent = geobox.extent.to_crs("EPSG:4326", resolution=edge / 4)
-    left, bottom, right, top = extent.boundingbox
-    return extent.json, [left, bottom, right, top]
 
 
 __all__ = [

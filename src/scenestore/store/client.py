@@ -60,6 +60,10 @@ class StoreClient(Protocol):
     def children(self, prefix: str = "") -> builtins.list[str]:
         """The names of the prefixes (directories) directly under ``prefix``, sorted."""
 
+    def stamp(self, prefix: str) -> str | None:
+        """A token that changes whenever an object directly under ``prefix/`` is added or
+        removed (a directory's modification time), or None where the backend keeps none."""
+
     def delete(self, keys: builtins.list[str]) -> None:
         """Delete objects; missing ones are fine."""
 

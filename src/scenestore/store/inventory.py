@@ -2,57 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scenestore.errors import DamagedSceneError, SceneNotFoundError, UnsafePathError
-from scenestore.store.layout import identifier_of_key, scene_key
-from scenestore.store.scenes import SceneStore
-from scenestore.tiles import tile_of
+from scenestore.errors import DamagedSceneError, SceneNotFoundError
+from scenestore.store.client import StoreClient
+from scenestore.store.index import SceneInfo, StoreIndex, derive, derive_many, group_attrs
+from scenestore.store.layout import identifier_of_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scenestore.store.scenes import SceneStore
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SceneInfo:
-    """One stored scene as an inventory sees it.
-
-    Attributes:
-        identifier: Scene identifier.
-        bands: Committed bands, sorted.
-        size_bytes: Bytes the whole scene occupies in the store.
-        datetime: Sensing time from the scene attributes, if recorded.
-        tile: MGRS tile, if recorded.
-        cloud_cover: ``eo:cloud_cover`` in percent, if recorded.
-        attrs: All scene attributes.
-        damaged: One line per problem found in the scene's small metadata (group or band
-            ``zarr.json``, commit records); empty for a sound scene. Chunks are not read:
-            ``scenestore verify`` checks them.
-    """
-
-    identifier: str
-    bands: tuple[str, ...]
-    size_bytes: int
-    datetime: str | None = None
-    tile: str | None = None
-    cloud_cover: float | None = None
-    attrs: dict[str, Any] = field(default_factory=dict, repr=False)
-    damaged: tuple[str, ...] = ()
-
-    def as_record(self) -> dict[str, Any]:
-        """The inventory entry as JSON-ready values (what ``scenestore ls --json`` prints)."""
-        return {
-            "identifier": self.identifier,
-            "datetime": self.datetime,
-            "tile": self.tile,
-            "cloud_cover": self.cloud_cover,
-            "bands": list(self.bands),
-            "size_bytes": self.size_bytes,
-            "source_item": self.attrs.get("stac_id"),
-            "damaged": list(self.damaged),
-        }
 
 
 def check_store(scenes: SceneStore) -> SceneStore:
@@ -65,8 +26,13 @@ def check_store(scenes: SceneStore) -> SceneStore:
     return scenes
 
 
-def list_scenes(scenes: SceneStore) -> list[SceneInfo]:
-    """Every scene of a store, sorted by identifier (a listing per scene, plus one).
+def list_scenes(scenes: SceneStore | StoreClient, *, scan: bool = False) -> list[SceneInfo]:
+    """Every scene of a store, sorted by identifier, from its index (checked against the store).
+
+    Args:
+        scenes: The store (or its client: listing from the index needs no zarr).
+        scan: Read every scene's commit records instead of the index (what ``ls --scan``
+            does; the index is neither read nor changed).
 
     A scene reached through a link (or whose ``_commits`` is one) is skipped with a warning,
     never followed, so nothing that acts on the listing (``prune``) can reach it.
@@ -74,22 +40,13 @@ def list_scenes(scenes: SceneStore) -> list[SceneInfo]:
     Raises:
         StoreError: If the store is missing or cannot be read.
     """
-    check_store(scenes)
-    infos = []
-    for name in scenes.client.children():
-        identifier = identifier_of_key(name)
-        if not identifier:
-            continue
-        try:
-            info = _info(scenes, identifier)
-        except UnsafePathError as err:
-            logger.warning(
-                "Skipping scene %r, never following a link out of the store: %s", identifier, err
-            )
-            continue
-        if info is not None:
-            infos.append(info)
-    return infos
+    client: StoreClient = scenes if isinstance(scenes, StoreClient) else scenes.client
+    client.check_readable()
+    if not scan:
+        return StoreIndex.read(client).scenes()
+    names = [i for n in client.children() if (i := identifier_of_key(n))]
+    found = derive_many(client, names)
+    return [info for _, info in sorted(found.items()) if info is not None]
 
 
 def scene_info(scenes: SceneStore, identifier: str) -> SceneInfo:
@@ -158,56 +115,8 @@ def array_details(
     }
 
 
-def group_attrs(payload: bytes | None) -> tuple[dict[str, Any], str | None]:
-    """A scene group's attributes from its ``zarr.json`` bytes, and what is wrong with it.
-
-    Returns:
-        The attributes ({} when unusable) and None, "missing" or "unreadable".
-    """
-    if payload is None:
-        return {}, "missing"
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        return {}, "unreadable"
-    if not isinstance(doc, dict) or doc.get("node_type") != "group":
-        return {}, "unreadable"
-    attrs = doc.get("attributes", {})
-    return (attrs, None) if isinstance(attrs, dict) else ({}, "unreadable")
-
-
 def _info(scenes: SceneStore, identifier: str) -> SceneInfo | None:
-    """The scene's entry, or None when it is no scene (yet): neither group metadata nor a
-    record, as :meth:`SceneStore.exists` says; a scene being created, or a writer's leftover
-    from before it wrote anything. One listing answers that, the sizes and the band metadata."""
-    key = scene_key(identifier)
-    objects = scenes.client.list(key)
-    bands, bad_records = scenes.committed(identifier)
-    metas = {k for k, _ in objects}
-    if f"{key}/zarr.json" not in metas and not bands and not bad_records:
-        return None
-    attrs, group_problem = group_attrs(scenes.client.get(f"{key}/zarr.json"))
-    # A group problem matters once something is committed; before that it is a killed
-    # writer's leftover, which the next ingest replaces.
-    damaged = (
-        [f"group zarr.json {group_problem}"] if group_problem and (bands or bad_records) else []
-    )
-    damaged += [f"{band}: commit record damaged" for band in sorted(bad_records)]
-    damaged += [
-        f"{b}: array zarr.json missing"
-        for b in sorted(bands)
-        if f"{key}/{b}/zarr.json" not in metas
-    ]
-    return SceneInfo(
-        identifier=identifier,
-        bands=tuple(sorted(bands)),
-        damaged=tuple(damaged),
-        size_bytes=sum(size for _, size in objects),
-        datetime=attrs.get("datetime"),
-        tile=tile_of({"id": attrs.get("stac_id", identifier), "properties": attrs}),
-        cloud_cover=attrs.get("eo:cloud_cover"),
-        attrs=attrs,
-    )
+    return derive(scenes.client, identifier)
 
 
 __all__ = [

@@ -24,13 +24,20 @@ What to remove is picked by pure selectors over the inventory (:func:`select_bef
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 
 from scenestore.aoi import sensing_day
-from scenestore.errors import LeaseHeldError, SceneBusyError, SceneNotFoundError
+from scenestore.errors import (
+    InvalidRequestError,
+    LeaseHeldError,
+    SceneBusyError,
+    SceneNotFoundError,
+)
+from scenestore.store import index
 from scenestore.store.inventory import SceneInfo, check_store, scene_info
 from scenestore.store.layout import TRASH_DIR, lock_key, quicklook_key, scene_key
 from scenestore.store.scenes import SceneStore
@@ -74,7 +81,9 @@ def remove_scene(scenes: SceneStore, identifier: str, *, wait_seconds: float = 0
         with scenes.lock(identifier, timeout_s=max(wait_seconds, 0.0)):
             if not scenes.exists(identifier):  # removed by another remover while we waited
                 return 0
-            # 1. withdraw every commit: from here on no reader counts the scene as present.
+            # 1. withdraw every commit (the index first): from here on no reader counts the
+            # scene as present.
+            index.forget(client, identifier)
             for band in sorted(scenes.recorded_bands(identifier)):
                 scenes.drop_commit(identifier, band)
             if client.supports_rename:
@@ -135,7 +144,88 @@ def select_before(infos: Iterable[SceneInfo], before: date) -> list[SceneInfo]:
 
 def select_not_in(infos: Iterable[SceneInfo], keep: set[str]) -> list[SceneInfo]:
     """Return the scenes whose identifier and source item id are both absent from ``keep``."""
-    return [i for i in infos if i.identifier not in keep and i.attrs.get("stac_id") not in keep]
+    return [i for i in infos if i.identifier not in keep and i.item_id not in keep]
+
+
+def select_ingested_before(infos: Iterable[SceneInfo], cutoff: datetime) -> list[SceneInfo]:
+    """Return the scenes whose newest band was committed before ``cutoff`` (aware, UTC)."""
+    return [i for i in infos if (when := _ingested(i)) is not None and when < cutoff]
+
+
+def select_to_fit(
+    infos: Iterable[SceneInfo], max_bytes: int, *, already: Iterable[SceneInfo] = ()
+) -> list[SceneInfo]:
+    """Return the least recently ingested scenes to remove so the rest fits in ``max_bytes``.
+
+    Args:
+        infos: Every scene of the store.
+        max_bytes: The size the store must fit in.
+        already: Scenes chosen for removal anyway (``--older-than``); they are freed first.
+    """
+    chosen = {i.identifier: i for i in already}
+    rest = sorted(
+        (i for i in infos if i.identifier not in chosen),
+        key=lambda i: (i.ingested_at or "", i.identifier),
+    )
+    total = sum(i.size_bytes for i in rest)
+    picked = list(chosen.values())
+    for info in rest:
+        if total <= max_bytes:
+            break
+        picked.append(info)
+        total -= info.size_bytes
+    return picked
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50,
+}  # fmt: skip
+_AGE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(text: str, *, name: str = "--max-size") -> int:
+    """Bytes of a size such as ``500GB``, ``1.5 TiB`` or ``1000000``.
+
+    Raises:
+        InvalidRequestError: If it is not a non-negative number with a known unit.
+    """
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise InvalidRequestError(
+            f"{name} {text!r} is not a size; expected a number and a unit such as 500GB, "
+            "750MB or 2TiB."
+        )
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_age(text: str, *, now: datetime, name: str = "--older-than") -> datetime:
+    """The cutoff time of an age such as ``30d``, ``12h``, ``2w`` or a day ``2024-06-01``.
+
+    Raises:
+        InvalidRequestError: If it is neither.
+    """
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([mhdw])\s*", text.lower())
+    if match:
+        return now - timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2)])
+    try:
+        return datetime.combine(date.fromisoformat(text.strip()), time(), tzinfo=UTC)
+    except ValueError:
+        raise InvalidRequestError(
+            f"{name} {text!r} is not an age; expected a number of minutes, hours, days or "
+            "weeks (30m, 12h, 30d, 2w) or a day YYYY-MM-DD."
+        ) from None
+
+
+def _ingested(info: SceneInfo) -> datetime | None:
+    if not info.ingested_at:
+        return None
+    try:
+        when = datetime.fromisoformat(info.ingested_at.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 __all__ = [
@@ -143,6 +233,10 @@ __all__ = [
     "Removal",
     "remove_scene",
     "remove_scenes",
+    "parse_age",
+    "parse_size",
     "select_before",
+    "select_ingested_before",
     "select_not_in",
+    "select_to_fit",
 ]

@@ -38,6 +38,7 @@ from scenestore.errors import (
     ScenestoreError,
     StoreError,
 )
+from scenestore.store import index
 from scenestore.store.arrays import (
     GRID_VARS,
     RecordingStore,
@@ -282,6 +283,9 @@ class SceneStore:
                 dataset, encodings = _on_scene_grid(dataset, bands, encodings, factors)
                 factors = dict.fromkeys(bands, 1)
         dataset = _with_grid_attrs(dataset, factors)
+        replaced = present & set(bands)
+        if replaced:  # the index stops claiming them before their records are withdrawn
+            index.withdraw(self.client, identifier, replaced)
         try:
             if not present:
                 # New scene, or leftovers of a writer killed before its first commit.
@@ -315,6 +319,9 @@ class SceneStore:
             if local is not None and local is not err:
                 raise local from err
             raise
+        finally:
+            # After the records: what the index claims is committed (failed bands are not).
+            index.record(self.client, identifier)
         logger.info("Stored %s bands %s in %s (%d bytes)", identifier, bands, self, written)
         return written
 
@@ -366,7 +373,11 @@ class SceneStore:
         import xarray as xr
 
         grid = xr.Dataset(coords={n: ds.coords[n] for n in names if n in ds.coords})
-        grid.attrs = json_safe({**ds.attrs, LAYOUT_ATTR: LAYOUT_VERSION})
+        attrs = {**ds.attrs, LAYOUT_ATTR: LAYOUT_VERSION}
+        footprint = index.scene_footprint(ds)
+        if footprint is not None:  # what the index and offline search read, without the grid
+            attrs[index.FOOTPRINT_ATTR] = footprint
+        grid.attrs = json_safe(attrs)
         grid.to_zarr(
             SceneWrites(self.client.zarr_store()),
             group=key,

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from scenestore.errors import DamagedSceneError
+from scenestore.store import index
 from scenestore.store.inventory import group_attrs, list_scenes, scene_info
 from scenestore.store.layout import band_key, scene_key, staging_key
 from scenestore.store.records import TREE_SCHEME, ChecksumBuilder, layout_mismatch
@@ -81,7 +82,11 @@ def verify_store(
         StoreError: If the store is missing or cannot be read.
         SceneNotFoundError: If a named scene is not stored.
     """
-    infos = [scene_info(scenes, i) for i in identifiers] if identifiers else list_scenes(scenes)
+    infos = (
+        [scene_info(scenes, i) for i in identifiers]
+        if identifiers
+        else list_scenes(scenes, scan=True)
+    )
     checked, damage = 0, []
     for info in infos:
         checked += len(info.bands)
@@ -102,6 +107,7 @@ def repair(scenes: SceneStore, damage: list[Damage]) -> None:
                     if item.kind == GROUP
                     else [item.band]
                 )
+                index.withdraw(scenes.client, item.identifier, bands)
                 for band in bands:
                     scenes.drop_commit(item.identifier, band)
                     scenes.client.delete_prefix(band_key(item.identifier, band))

@@ -3,8 +3,9 @@
 The model is what a reader must see: band -> pixel seed of its last committed write. Rules
 commit, replace, fail mid-band and remove the scene; after every step the invariants hold:
 no band is present without its whole, correct data, the inventory never shows a band whose
-data is gone, and ``missing_bands`` is the model's complement. :func:`scene_store_machine`
-builds the test for one kind of store, as ``zarr.testing.stateful`` does for zarr stores.
+data is gone, the store index claims exactly the committed bands, and ``missing_bands`` is
+the model's complement. :func:`scene_store_machine` builds the test for one kind of store, as
+``zarr.testing.stateful`` does for zarr stores.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from scenestore.store import SceneStore
+from scenestore.store.index import StoreIndex
 from scenestore.store.removal import remove_scene
 from scenestore.store.verify import verify_scene
 from scenestore.testing.store import (
@@ -113,6 +115,12 @@ class SceneStoreMachine(RuleBasedStateMachine):
         else:
             assert shown == {}, "a scene without a committed band is not listed"
         assert verify_scene(self.scenes, IDENTIFIER) == []
+
+    @invariant()
+    def the_index_claims_exactly_the_committed_bands(self) -> None:
+        # Read raw (not checked against the store): what the writers themselves journaled.
+        entry = StoreIndex.read(self.scenes.client, check=False).get(IDENTIFIER)
+        assert set(entry.bands if entry else ()) == set(self.model)
 
     @invariant()
     def missing_bands_is_the_complement(self) -> None:

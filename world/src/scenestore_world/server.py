@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -34,6 +33,7 @@ from typing import Any
 import pystac
 
 from scenestore.errors import SourceError
+from scenestore.serve import rustac_executable  # shared with `scenestore serve`
 from scenestore_world.faults import FaultPlan
 from scenestore_world.items import COLLECTION_ID
 from scenestore_world.manifest import WorldManifest, generate_world
@@ -41,24 +41,6 @@ from scenestore_world.remote import RemoteTraffic, WorldServers, stop_process
 
 # loopback only: never route these requests through a proxy from the environment
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def rustac_executable() -> Path:
-    """The ``rustac`` CLI installed next to the running Python, else the one on ``PATH``.
-
-    Raises:
-        SourceError: If no ``rustac`` executable can be found.
-    """
-    beside = Path(sys.executable).parent / "rustac"
-    if beside.is_file():
-        return beside
-    found = shutil.which("rustac")
-    if found:
-        return Path(found)
-    raise SourceError(
-        f"No 'rustac' executable next to {sys.executable!r} or on PATH; "
-        "install the 'rustac' package into this environment."
-    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
