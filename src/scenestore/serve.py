@@ -128,8 +128,8 @@ def store_items(scenes: SceneStore) -> list[dict[str, Any]]:
     from scenestore.store.inventory import list_scenes
 
     infos = []
-    # The one place the scenes are listed. From the commit records (scan), as write_catalog
-    # does: the index's entries carry no scene attributes, which become the item properties.
+    # The one place the scenes are listed. From the commit records and array metadata (scan),
+    # not the index: a scene whose band metadata was damaged after it was indexed is not served.
     for info in list_scenes(scenes, scan=True):
         if not info.bands:
             continue

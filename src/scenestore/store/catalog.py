@@ -73,7 +73,14 @@ _INTERNAL = {
     "stac_collection": "scenestore:collection",
     "scenestore_profile": "scenestore:profile",
 }
-_DROPPED = {"coordinates", "datetime", "proj:code", "proj:epsg", "proj:wkt2"}
+_DROPPED = {
+    "coordinates",
+    "datetime",
+    "proj:code",
+    "proj:epsg",
+    "proj:wkt2",
+    "scenestore_footprint",
+}
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,10 @@ def build_item(scenes: SceneStore, info: SceneInfo) -> pystac.Item:
         thumbnail_href = scenes.client.href(look) if scenes.client.exists(look) else None
     except UnsafePathError:  # a quicklook reached through a link is no asset of the store
         thumbnail_href = None
+    # An entry of the store index carries no attributes: the group has them.
+    attrs = info.attrs or {
+        k: v for k, v in dict(group.attrs).items() if k != "scenestore_footprint"
+    }
     x, y = group["x"][...], group["y"][...]
     res_x = float(x[1] - x[0]) if x.size > 1 else 10.0
     res_y = float(y[1] - y[0]) if y.size > 1 else -10.0
@@ -120,7 +131,7 @@ def build_item(scenes: SceneStore, info: SceneInfo) -> pystac.Item:
         geometry=geometry,
         bbox=bbox,
         datetime=_when(info),
-        properties={_INTERNAL.get(k, k): v for k, v in info.attrs.items() if k not in _DROPPED},
+        properties={_INTERNAL.get(k, k): v for k, v in attrs.items() if k not in _DROPPED},
     )
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     epsg = crs.to_epsg()
@@ -161,7 +172,12 @@ def build_item(scenes: SceneStore, info: SceneInfo) -> pystac.Item:
             f = int(grid["factor"])
             asset.extra_fields["proj:shape"] = [int(n) for n in array.shape]
             asset.extra_fields["proj:transform"] = [
-                transform[0] * f, 0.0, transform[2], 0.0, transform[4] * f, transform[5]
+                transform[0] * f,
+                0.0,
+                transform[2],
+                0.0,
+                transform[4] * f,
+                transform[5],
             ]
         item.add_asset(band, asset)
     return item
