@@ -9,8 +9,8 @@ backend, in two parts::
 **The snapshot** is a GeoPackage 1.4 file, table ``scenes``: footprint polygon (EPSG:4326),
 identifier, source item id, collection, provider profile, MGRS tile, sensing time (UTC),
 cloud cover, processing baseline, committed bands and each one's bytes, scene bytes, ingest
-time. QGIS, GDAL/OGR, geopandas (``geopandas.read_file``), DuckDB (``st_read`` or the sqlite
-extension) and pandas (``read_sql`` over ``sqlite3``) open it as it is.
+time. QGIS, GDAL/OGR, geopandas (``geopandas.read_file(path, layer="scenes")``), DuckDB
+(``st_read`` or the sqlite extension) and pandas (``read_sql`` over ``sqlite3``) open it as it is.
 
 **The journal** takes every change. A writer holds the scene's lock while it appends an entry
 under a name of its own (sensing nothing else), so concurrent writers never lose each other's
@@ -522,6 +522,9 @@ def _new_snapshot() -> sqlite3.Connection:
             VALUES ('scenes', 'features', 'scenes', 'Scenes stored by scenestore', 4326);
         INSERT INTO gpkg_geometry_columns VALUES ('scenes', 'geom', 'GEOMETRY', 4326, 0, 0);
         CREATE TABLE scenestore_index (key TEXT PRIMARY KEY, value TEXT);
+        INSERT INTO gpkg_contents (table_name, data_type, identifier, description)
+            VALUES ('scenestore_index', 'attributes', 'scenestore_index',
+                    'The index format and the journal entries folded in');
         """
     )
     conn.execute(
