@@ -331,7 +331,7 @@ def start(
             try:
                 _wait_until_ready(process, url, items, instance, log_path, startup_timeout)
             except SourceError:
-                _stop_process(process)
+                stop_process(process)
                 in_use = "in use" in log_path.read_text(errors="replace").lower()
                 if port or attempt == 2 or not in_use:
                     raise
@@ -342,7 +342,7 @@ def start(
             )
     except BaseException:  # also Ctrl-C while waiting: no rustac is left behind
         if process is not None:
-            _stop_process(process)
+            stop_process(process)
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     raise SourceError("rustac serve did not start; expected it to after three ports.")
@@ -409,7 +409,7 @@ def _wait_until_ready(
             last = str(err)
         else:
             if ours != instance:  # rustac failed to bind and someone else answers
-                _stop_process(process)
+                stop_process(process)
                 raise InvalidRequestError(
                     f"Another server answers at {url!r}; pass another --port, or --port 0 for "
                     "any free one."
@@ -419,7 +419,7 @@ def _wait_until_ready(
             last = "the items are not searchable yet"
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
-    _stop_process(process)
+    stop_process(process)
     raise SourceError(
         f"rustac serve at {url!r} did not answer within {timeout:g} s ({last}); expected it "
         f"to serve {len(items)} items."
@@ -487,7 +487,8 @@ def _iso(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
-def _stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+def stop_process(process: subprocess.Popen[Any], timeout: float = 5.0) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
     if process.poll() is not None:
         return
     process.terminate()
@@ -500,7 +501,7 @@ def _stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> Non
 
 def _shutdown(process: subprocess.Popen[bytes], workdir: Path) -> None:
     with contextlib.suppress(OSError):
-        _stop_process(process)
+        stop_process(process)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -513,6 +514,7 @@ __all__ = [
     "collection_dict",
     "rustac_executable",
     "start",
+    "stop_process",
     "store_items",
     "usage_example",
 ]

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import scenestore
 from scenestore.errors import SourceError
+from scenestore.serve import stop_process
 from scenestore_world.faults import FaultPlan
 from scenestore_world.traffic import CONTROL_PREFIX, RequestRecord, TrafficView
 
@@ -443,14 +444,3 @@ if __name__ == "__main__":
 
 __all__ = ["RemoteTraffic", "WorldServers", "main"]
 
-
-def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:
-    """Stop a child process: SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=timeout)
