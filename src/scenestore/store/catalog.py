@@ -40,7 +40,7 @@ from scenestore.bands import BAND_SPECS
 from scenestore.errors import InvalidRequestError, UnsafePathError
 from scenestore.fsafety import inside_store
 from scenestore.store.arrays import crs_of
-from scenestore.store.index import grid_footprint
+from scenestore.store.entries import grid_footprint
 from scenestore.store.inventory import SceneInfo, list_scenes
 from scenestore.store.layout import quicklook_key, scene_key
 from scenestore.store.native import GRID_ATTR

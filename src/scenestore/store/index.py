@@ -37,13 +37,12 @@ import json
 import logging
 import os
 import sqlite3
-import struct
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, date, datetime
+from dataclasses import asdict, replace
+from datetime import date
 from typing import Any
 
 from scenestore.errors import (
@@ -55,6 +54,27 @@ from scenestore.errors import (
     UnsafePathError,
 )
 from scenestore.store.client import StoreClient
+from scenestore.store.entries import (
+    FOOTPRINT_ATTR,
+    IndexQuery,
+    SceneInfo,
+    checked_footprint,
+    grid_footprint,
+    group_attrs,
+    scene_footprint,
+    stored_footprint,
+    text_or_none,
+    utc_text,
+)
+from scenestore.store.gpkg import (
+    SELECT,
+    info_of_row,
+    load_snapshot,
+    new_snapshot,
+    snapshot_bytes,
+    upsert,
+    wkb_of,
+)
 from scenestore.store.layout import (
     COMMITS_DIR,
     LOCKS_DIR,
@@ -78,101 +98,9 @@ INDEX_LOCK = f"{LOCKS_DIR}/.index.lock"
 COMPACT_AFTER = 200
 #: Scenes a reader finds unindexed or changed beyond which it rebuilds the whole index.
 REBUILD_AT = 200
-FORMAT_VERSION = 1
-#: Group attribute with the scene grid's footprint (lon/lat GeoJSON and bbox), written at creation.
-FOOTPRINT_ATTR = "scenestore_footprint"
 #: ``SCENESTORE_INDEX=off`` skips index upkeep (bulk loads; run ``index --rebuild`` after).
 INDEX_ENV = "SCENESTORE_INDEX"
 _THREADS = 8
-_GPKG_APPLICATION_ID = 0x47504B47  # "GPKG"
-_GPKG_VERSION = 10400
-
-
-@dataclass(frozen=True)
-class SceneInfo:
-    """One stored scene as the index (and every inventory) sees it.
-
-    Attributes:
-        identifier: Scene identifier.
-        bands: Committed bands, sorted.
-        size_bytes: Bytes the whole scene occupies in the store.
-        datetime: Sensing time (ISO 8601, UTC), if recorded.
-        tile: MGRS tile, if recorded.
-        cloud_cover: ``eo:cloud_cover`` in percent, if recorded.
-        attrs: The scene's attributes when read from the scene itself ({} from the index).
-        damaged: One line per problem found in the scene's small metadata (group or band
-            ``zarr.json``, commit records); empty for a sound scene. Chunks are not read:
-            ``scenestore verify`` checks them.
-        item_id: The source STAC item's id.
-        collection: The source STAC collection.
-        provider: The provider profile it was ingested with.
-        processing_baseline: ``s2:processing_baseline``, if recorded.
-        band_bytes: Bytes of each committed band's array.
-        ingested_at: When its newest band was committed (ISO 8601 UTC).
-        bbox: Footprint bounds in lon/lat (W, S, E, N), if known.
-        geometry: Footprint as a GeoJSON geometry in lon/lat, if known.
-        stamp: The ``_commits`` change time when indexed (local stores), for staleness checks.
-    """
-
-    identifier: str
-    bands: tuple[str, ...]
-    size_bytes: int
-    datetime: str | None = None
-    tile: str | None = None
-    cloud_cover: float | None = None
-    attrs: dict[str, Any] = field(default_factory=dict, repr=False)
-    damaged: tuple[str, ...] = ()
-    item_id: str | None = None
-    collection: str | None = None
-    provider: str | None = None
-    processing_baseline: str | None = None
-    band_bytes: dict[str, int] = field(default_factory=dict, repr=False)
-    ingested_at: str | None = None
-    bbox: tuple[float, float, float, float] | None = None
-    geometry: dict[str, Any] | None = field(default=None, repr=False)
-    stamp: str | None = field(default=None, repr=False)
-
-    def as_record(self) -> dict[str, Any]:
-        """The inventory entry as JSON-ready values (what ``scenestore ls --json`` prints)."""
-        return {
-            "identifier": self.identifier,
-            "datetime": self.datetime,
-            "tile": self.tile,
-            "cloud_cover": self.cloud_cover,
-            "bands": list(self.bands),
-            "size_bytes": self.size_bytes,
-            "source_item": self.item_id,
-            "collection": self.collection,
-            "provider": self.provider,
-            "processing_baseline": self.processing_baseline,
-            "band_bytes": dict(self.band_bytes),
-            "ingested_at": self.ingested_at,
-            "bbox": list(self.bbox) if self.bbox else None,
-            "damaged": list(self.damaged),
-        }
-
-
-@dataclass(frozen=True)
-class IndexQuery:
-    """An offline search of the index: the options of the online search, plus bands present.
-
-    Attributes:
-        bbox: Area of interest bounds in lon/lat (W, S, E, N), or None.
-        geometry: Area of interest as a GeoJSON geometry in lon/lat (exact test), or None.
-        start: First sensing day (inclusive, UTC), or None.
-        end: Last sensing day (inclusive, UTC), or None.
-        max_cloud: Highest cloud cover accepted, in percent, or None.
-        tiles: MGRS tiles to keep; empty for all.
-        bands: Bands every scene found must have committed; empty for any.
-    """
-
-    bbox: tuple[float, float, float, float] | None = None
-    geometry: dict[str, Any] | None = None
-    start: date | None = None
-    end: date | None = None
-    max_cloud: float | None = None
-    tiles: tuple[str, ...] = ()
-    bands: tuple[str, ...] = ()
 
 
 def index_enabled() -> bool:
@@ -236,131 +164,28 @@ def derive(client: StoreClient, identifier: str) -> SceneInfo | None:
     }
     footprint = attrs.get(FOOTPRINT_ATTR)
     if not isinstance(footprint, dict) and bands:
-        footprint = _grid_footprint(client, key)
-    bbox, geometry = _checked_footprint(footprint)
+        footprint = stored_footprint(client, key)
+    bbox, geometry = checked_footprint(footprint)
     cloud = attrs.get("eo:cloud_cover")
     return SceneInfo(
         identifier=identifier,
         bands=tuple(sorted(bands)),
         size_bytes=sum(sizes.values()),
-        datetime=_utc(attrs.get("datetime")),
+        datetime=utc_text(attrs.get("datetime")),
         tile=tile_of({"id": attrs.get("stac_id", identifier), "properties": attrs}),
         cloud_cover=float(cloud) if isinstance(cloud, int | float) else None,
         attrs=attrs,
         damaged=tuple(damaged),
-        item_id=_text(attrs.get("stac_id")),
-        collection=_text(attrs.get("stac_collection")),
-        provider=_text(attrs.get("scenestore_profile")),
-        processing_baseline=_text(attrs.get("s2:processing_baseline")),
+        item_id=text_or_none(attrs.get("stac_id")),
+        collection=text_or_none(attrs.get("stac_collection")),
+        provider=text_or_none(attrs.get("scenestore_profile")),
+        processing_baseline=text_or_none(attrs.get("s2:processing_baseline")),
         band_bytes=band_bytes,
         ingested_at=max(written) if written else None,
         bbox=bbox,
         geometry=geometry,
         stamp=stamp,
     )
-
-
-def group_attrs(payload: bytes | None) -> tuple[dict[str, Any], str | None]:
-    """A scene group's attributes from its ``zarr.json`` bytes, and what is wrong with it.
-
-    Returns:
-        The attributes ({} when unusable) and None, "missing" or "unreadable".
-    """
-    if payload is None:
-        return {}, "missing"
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        return {}, "unreadable"
-    if not isinstance(doc, dict) or doc.get("node_type") != "group":
-        return {}, "unreadable"
-    attrs = doc.get("attributes", {})
-    return (attrs, None) if isinstance(attrs, dict) else ({}, "unreadable")
-
-
-def grid_footprint(crs: Any, transform: Sequence[float], shape: tuple[int, int]) -> dict[str, Any]:
-    """A grid's outline in lon/lat (densified, so UTM edges stay true) and its bbox.
-
-    Returns:
-        ``{"bbox": [W, S, E, N], "geometry": <GeoJSON>}``, what :data:`FOOTPRINT_ATTR` holds.
-    """
-    from affine import Affine
-    from odc.geo.geobox import GeoBox
-
-    geobox = GeoBox(shape, Affine(*transform), crs)
-    edge = max(abs(transform[0]) * shape[1], abs(transform[4]) * shape[0])
-    # Four segments per edge keep the outline true to the UTM grid without thousands of points.
-    extent = geobox.extent.to_crs("EPSG:4326", resolution=edge / 4)
-    left, bottom, right, top = extent.boundingbox
-    return {"bbox": [left, bottom, right, top], "geometry": extent.json}
-
-
-def scene_footprint(grid: Any) -> dict[str, Any] | None:
-    """The footprint of a scene grid: a Dataset or zarr group with ``x``, ``y``, ``spatial_ref``.
-
-    Returns:
-        What :func:`grid_footprint` returns, or None for a grid without a CRS or coordinates.
-    """
-    from scenestore.store.arrays import crs_of
-
-    try:
-        x, y = grid["x"][...], grid["y"][...]
-        x, y = getattr(x, "values", x), getattr(y, "values", y)
-        res_x = float(x[1] - x[0]) if x.size > 1 else 10.0
-        res_y = float(y[1] - y[0]) if y.size > 1 else -10.0
-        transform = [res_x, 0.0, float(x[0]) - res_x / 2, 0.0, res_y, float(y[0]) - res_y / 2]
-        crs = crs_of(dict(grid["spatial_ref"].attrs))
-        return grid_footprint(crs, transform, (int(y.size), int(x.size)))
-    except (OSError, ValueError, KeyError, TypeError, IndexError, ScenestoreError) as err:
-        logger.debug("No footprint for the grid: %s", err)
-        return None
-
-
-def _grid_footprint(client: StoreClient, key: str) -> dict[str, Any] | None:
-    """The footprint of a scene stored without :data:`FOOTPRINT_ATTR` (read from its grid)."""
-    import zarr
-
-    try:
-        group: Any = zarr.open_group(client.zarr_store(read_only=True), path=key, mode="r")
-    except (OSError, ValueError, KeyError, ScenestoreError) as err:
-        logger.debug("No footprint for %s: %s", key, err)
-        return None
-    return scene_footprint(group)
-
-
-def _checked_footprint(
-    footprint: object,
-) -> tuple[tuple[float, float, float, float] | None, dict[str, Any] | None]:
-    if not isinstance(footprint, dict):
-        return None, None
-    try:
-        west, south, east, north = (float(v) for v in footprint["bbox"])
-        geometry = footprint["geometry"]
-        if not isinstance(geometry, dict) or geometry.get("type") not in {
-            "Polygon",
-            "MultiPolygon",
-        }:
-            geometry = None
-    except (KeyError, TypeError, ValueError):
-        return None, None
-    return (west, south, east, north), geometry
-
-
-def _utc(value: object) -> str | None:
-    """Sensing time as ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``, so text order is time order."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return value
-    if when.tzinfo is not None:
-        when = when.astimezone(UTC).replace(tzinfo=None)
-    return when.isoformat() + "Z"
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 # -- the journal -------------------------------------------------------------------------------
@@ -463,231 +288,6 @@ def forget(client: StoreClient, identifier: str) -> None:
         _guarded("removing", identifier, lambda: _append(client, identifier, None))
 
 
-# -- the snapshot (GeoPackage) -----------------------------------------------------------------
-
-_COLUMNS = (
-    ("identifier", "TEXT NOT NULL UNIQUE"),
-    ("item_id", "TEXT"),
-    ("collection", "TEXT"),
-    ("provider", "TEXT"),
-    ("tile", "TEXT"),
-    ("datetime", "TEXT"),
-    ("cloud_cover", "REAL"),
-    ("processing_baseline", "TEXT"),
-    ("bands", "TEXT"),  # ",B02,B03," so one band is found with instr()
-    ("band_bytes", "TEXT"),  # JSON object
-    ("size_bytes", "INTEGER"),
-    ("ingested_at", "TEXT"),
-    ("damaged", "TEXT"),  # JSON list
-    ("min_x", "REAL"),
-    ("min_y", "REAL"),
-    ("max_x", "REAL"),
-    ("max_y", "REAL"),
-    ("stamp", "TEXT"),
-)
-_NAMES = [name for name, _ in _COLUMNS]
-_SELECT = ", ".join(["geom", *_NAMES])
-_INSERT = f"INSERT INTO scenes ({_SELECT}) VALUES ({', '.join('?' * (len(_NAMES) + 1))})"
-
-
-def _new_snapshot() -> sqlite3.Connection:
-    """An empty GeoPackage in memory with the ``scenes`` feature table."""
-    conn = sqlite3.connect(":memory:", check_same_thread=False)
-    conn.executescript(
-        f"""
-        PRAGMA application_id = {_GPKG_APPLICATION_ID};
-        PRAGMA user_version = {_GPKG_VERSION};
-        CREATE TABLE gpkg_spatial_ref_sys (
-            srs_name TEXT NOT NULL, srs_id INTEGER NOT NULL PRIMARY KEY,
-            organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL,
-            definition TEXT NOT NULL, description TEXT);
-        INSERT INTO gpkg_spatial_ref_sys VALUES
-            ('Undefined cartesian SRS', -1, 'NONE', -1, 'undefined', NULL),
-            ('Undefined geographic SRS', 0, 'NONE', 0, 'undefined', NULL),
-            ('WGS 84 geodetic', 4326, 'EPSG', 4326, '{_WGS84_WKT}', 'longitude/latitude');
-        CREATE TABLE gpkg_contents (
-            table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL,
-            identifier TEXT UNIQUE, description TEXT DEFAULT '',
-            last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
-            min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER,
-            CONSTRAINT fk_gc_r_srs_id FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys(srs_id));
-        CREATE TABLE gpkg_geometry_columns (
-            table_name TEXT NOT NULL, column_name TEXT NOT NULL,
-            geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL,
-            z TINYINT NOT NULL, m TINYINT NOT NULL,
-            CONSTRAINT pk_geom_cols PRIMARY KEY (table_name, column_name));
-        CREATE TABLE scenes (fid INTEGER PRIMARY KEY AUTOINCREMENT, geom BLOB,
-            {", ".join(f"{name} {kind}" for name, kind in _COLUMNS)});
-        INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id)
-            VALUES ('scenes', 'features', 'scenes', 'Scenes stored by scenestore', 4326);
-        INSERT INTO gpkg_geometry_columns VALUES ('scenes', 'geom', 'GEOMETRY', 4326, 0, 0);
-        CREATE TABLE scenestore_index (key TEXT PRIMARY KEY, value TEXT);
-        INSERT INTO gpkg_contents (table_name, data_type, identifier, description)
-            VALUES ('scenestore_index', 'attributes', 'scenestore_index',
-                    'The index format and the journal entries folded in');
-        """
-    )
-    conn.execute(
-        "INSERT INTO scenestore_index VALUES ('format_version', ?)", (str(FORMAT_VERSION),)
-    )
-    return conn
-
-
-_WGS84_WKT = (
-    'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
-    'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433],AUTHORITY["EPSG","4326"]]'
-)
-
-
-def _row(info: SceneInfo) -> tuple[Any, ...]:
-    bbox = info.bbox or (None, None, None, None)
-    return (
-        _gpkg_geometry(info.geometry, info.bbox),
-        info.identifier,
-        info.item_id,
-        info.collection,
-        info.provider,
-        info.tile,
-        info.datetime,
-        info.cloud_cover,
-        info.processing_baseline,
-        "," + ",".join(info.bands) + ",",
-        json.dumps(info.band_bytes),
-        info.size_bytes,
-        info.ingested_at,
-        json.dumps(list(info.damaged)),
-        *bbox,
-        info.stamp,
-    )
-
-
-def _info_of_row(row: Sequence[Any], *, with_geometry: bool = False) -> SceneInfo:
-    (geom, ident, item, coll, prov, tile, when, cloud, base, bands, band_bytes, size, ingested,
-     damaged, min_x, min_y, max_x, max_y, stamp) = row  # fmt: skip
-    return SceneInfo(
-        identifier=ident,
-        bands=tuple(b for b in (bands or "").split(",") if b),
-        size_bytes=int(size or 0),
-        datetime=when,
-        tile=tile,
-        cloud_cover=cloud,
-        damaged=tuple(json.loads(damaged or "[]")),
-        item_id=item,
-        collection=coll,
-        provider=prov,
-        processing_baseline=base,
-        band_bytes=json.loads(band_bytes or "{}"),
-        ingested_at=ingested,
-        bbox=None if min_x is None else (min_x, min_y, max_x, max_y),
-        geometry=_geojson_of_gpkg(geom) if with_geometry and geom else None,
-        stamp=stamp,
-    )
-
-
-def _upsert(conn: sqlite3.Connection, identifier: str, info: SceneInfo | None) -> None:
-    conn.execute("DELETE FROM scenes WHERE identifier = ?", (identifier,))
-    if info is not None:
-        conn.execute(_INSERT, _row(info))
-
-
-def _snapshot_bytes(conn: sqlite3.Connection, folded: Iterable[str]) -> bytes:
-    conn.execute(
-        "INSERT OR REPLACE INTO scenestore_index VALUES ('folded', ?)",
-        (json.dumps(sorted(folded)),),
-    )
-    bounds = conn.execute(
-        "SELECT min(min_x), min(min_y), max(max_x), max(max_y) FROM scenes"
-    ).fetchone()
-    conn.execute(
-        "UPDATE gpkg_contents SET min_x = ?, min_y = ?, max_x = ?, max_y = ?, "
-        "last_change = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE table_name = 'scenes'",
-        bounds,
-    )
-    conn.commit()
-    return conn.serialize()
-
-
-def _load_snapshot(payload: bytes) -> tuple[sqlite3.Connection, set[str]]:
-    """The snapshot's database in memory and the journal entries it folded in.
-
-    Raises:
-        ValueError: If the bytes are not an index snapshot of this format.
-    """
-    conn = sqlite3.connect(":memory:", check_same_thread=False)
-    try:
-        conn.deserialize(payload)
-        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-        meta = dict(conn.execute("SELECT key, value FROM scenestore_index").fetchall())
-        if app_id != _GPKG_APPLICATION_ID or meta.get("format_version") != str(FORMAT_VERSION):
-            raise ValueError(f"not an index of format {FORMAT_VERSION}")
-        conn.execute(f"SELECT {_SELECT} FROM scenes LIMIT 1").fetchall()
-        folded = set(json.loads(meta.get("folded", "[]")))
-    except (sqlite3.Error, ValueError, TypeError) as err:
-        conn.close()
-        raise ValueError(str(err) or type(err).__name__) from err
-    return conn, folded
-
-
-# -- GeoPackage geometry: the "GP" header, an envelope, then ISO WKB ---------------------------
-
-
-def _gpkg_geometry(geometry: dict[str, Any] | None, bbox: Sequence[float] | None) -> bytes | None:
-    if geometry is None or bbox is None:
-        return None
-    polygons = (
-        [geometry["coordinates"]]
-        if geometry["type"] == "Polygon"
-        else list(geometry["coordinates"])
-    )
-    west, south, east, north = bbox
-    # Version 0, flags: little endian (bit 0), envelope [minx, maxx, miny, maxy] (bits 1-3 = 1).
-    header = b"GP" + bytes([0, 0b0000_0011]) + struct.pack("<i4d", 4326, west, east, south, north)
-    return header + _wkb(polygons, multi=geometry["type"] == "MultiPolygon")
-
-
-def _wkb(polygons: list[Any], *, multi: bool) -> bytes:
-    def polygon(rings: list[Any]) -> bytes:
-        out = [struct.pack("<BII", 1, 3, len(rings))]
-        for ring in rings:
-            out.append(struct.pack("<I", len(ring)))
-            out.extend(struct.pack("<2d", float(p[0]), float(p[1])) for p in ring)
-        return b"".join(out)
-
-    if not multi:
-        return polygon(polygons[0])
-    return struct.pack("<BII", 1, 6, len(polygons)) + b"".join(polygon(p) for p in polygons)
-
-
-def _geojson_of_gpkg(blob: bytes) -> dict[str, Any] | None:
-    flags = blob[3]
-    envelope = (0, 32, 48, 48, 64)[(flags >> 1) & 0b111]
-    data, pos = blob[8 + envelope :], 0
-
-    def read(fmt: str) -> tuple[Any, ...]:
-        nonlocal pos
-        values = struct.unpack_from("<" + fmt, data, pos)
-        pos += struct.calcsize("<" + fmt)
-        return values
-
-    def polygon() -> list[Any]:
-        read("B")
-        (_, rings) = read("II")
-        out = []
-        for _ in range(rings):
-            (count,) = read("I")
-            out.append([list(read("2d")) for _ in range(count)])
-        return out
-
-    _, kind = struct.unpack_from("<BI", data, 0)
-    if kind == 3:
-        return {"type": "Polygon", "coordinates": polygon()}
-    if kind == 6:
-        read("B")
-        (_, count) = read("II")
-        return {"type": "MultiPolygon", "coordinates": [polygon() for _ in range(count)]}
-    return None
-
-
 # -- reading -----------------------------------------------------------------------------------
 
 
@@ -725,14 +325,14 @@ class StoreIndex:
         folded: set[str] = set()
         if payload is not None:
             try:
-                conn, folded = _load_snapshot(payload)
+                conn, folded = load_snapshot(payload)
             except ValueError as err:
                 problem = f"damaged ({err})"
         if conn is None:
-            conn = _new_snapshot()
+            conn = new_snapshot()
         for key, doc in entries:
             if key.rsplit("/", 1)[-1] not in folded:
-                _upsert(conn, doc.get("identifier", ""), _entry_of_doc(doc))
+                upsert(conn, doc.get("identifier", ""), _entry_of_doc(doc))
         index = cls(client, conn)
         # No snapshot and no journal: a store of the previous release (or never indexed).
         unindexed = payload is None and not entries and check and bool(client.children())
@@ -769,24 +369,24 @@ class StoreIndex:
             self._conn, self.rebuilt = fresh._conn, True
             return
         for identifier in sorted(gone):
-            _upsert(self._conn, identifier, None)
+            upsert(self._conn, identifier, None)
         derived = derive_many(self.client, stale)
         for identifier, info in derived.items():
-            _upsert(self._conn, identifier, info)
+            upsert(self._conn, identifier, info)
         if gone or derived:
             _journal_corrections(self.client, [*gone, *derived])
 
     def scenes(self) -> list[SceneInfo]:
         """Every indexed scene, sorted by identifier."""
-        rows = self._conn.execute(f"SELECT {_SELECT} FROM scenes ORDER BY identifier").fetchall()
-        return [_info_of_row(row) for row in rows]
+        rows = self._conn.execute(f"SELECT {SELECT} FROM scenes ORDER BY identifier").fetchall()
+        return [info_of_row(row) for row in rows]
 
     def get(self, identifier: str) -> SceneInfo | None:
         """One scene's entry (with its footprint), or None if the index has none."""
         row = self._conn.execute(
-            f"SELECT {_SELECT} FROM scenes WHERE identifier = ?", (identifier,)
+            f"SELECT {SELECT} FROM scenes WHERE identifier = ?", (identifier,)
         ).fetchone()
-        return None if row is None else _info_of_row(row, with_geometry=True)
+        return None if row is None else info_of_row(row, with_geometry=True)
 
     def search(self, query: IndexQuery) -> list[SceneInfo]:
         """The indexed scenes matching ``query``, sorted by sensing time then identifier.
@@ -820,17 +420,17 @@ class StoreIndex:
         for band in query.bands:
             where.append("instr(bands, ?) > 0")
             args.append(f",{band},")
-        sql = f"SELECT {_SELECT} FROM scenes"
+        sql = f"SELECT {SELECT} FROM scenes"
         if where:
             sql += " WHERE " + " AND ".join(f"({w})" for w in where)
         rows = self._conn.execute(sql + " ORDER BY datetime, identifier", args).fetchall()
         if query.geometry is not None and rows:
             rows = _intersecting(rows, query.geometry)
-        return [_info_of_row(row, with_geometry=True) for row in rows]
+        return [info_of_row(row, with_geometry=True) for row in rows]
 
     def snapshot_bytes(self) -> bytes:
         """The index as one GeoPackage file's bytes (journal folded in)."""
-        return _snapshot_bytes(self._conn, ())
+        return snapshot_bytes(self._conn, ())
 
 
 def _bounds(geometry: dict[str, Any]) -> tuple[float, float, float, float]:
@@ -846,7 +446,7 @@ def _intersecting(rows: list[Any], geometry: dict[str, Any]) -> list[Any]:
 
     area = shape(geometry)
     with_geom = [r for r in rows if r[0]]
-    shapes = shapely.from_wkb([bytes(r[0][8 + 32 :]) for r in with_geom])
+    shapes = shapely.from_wkb([wkb_of(r[0]) for r in with_geom])
     hits = shapely.intersects(shapes, area)
     return [r for r, hit in zip(with_geom, hits, strict=True) if hit]
 
@@ -946,9 +546,9 @@ def rebuild(client: StoreClient, *, wait_s: float = 60.0) -> StoreIndex:
 
     def build() -> StoreIndex:
         names = [i for n in client.children() if (i := identifier_of_key(n))]
-        conn = _new_snapshot()
+        conn = new_snapshot()
         for identifier, info in derive_many(client, names).items():
-            _upsert(conn, identifier, info)
+            upsert(conn, identifier, info)
         index = StoreIndex(client, conn)
         index.rebuilt = True
         return index
@@ -972,7 +572,7 @@ def rebuild(client: StoreClient, *, wait_s: float = 60.0) -> StoreIndex:
 
 def _save(client: StoreClient, index: StoreIndex, folded: list[str]) -> None:
     """Write the snapshot naming the journal entries it folded in, then delete them."""
-    client.put(SNAPSHOT_KEY, _snapshot_bytes(index._conn, [k.rsplit("/", 1)[-1] for k in folded]))
+    client.put(SNAPSHOT_KEY, snapshot_bytes(index._conn, [k.rsplit("/", 1)[-1] for k in folded]))
     client.delete(folded)
 
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from scenestore.errors import DamagedSceneError, SceneNotFoundError
 from scenestore.store.client import StoreClient
-from scenestore.store.index import SceneInfo, StoreIndex, derive, derive_many, group_attrs
+from scenestore.store.entries import SceneInfo, group_attrs
+from scenestore.store.index import StoreIndex, derive, derive_many
 from scenestore.store.layout import identifier_of_key
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -51,6 +51,7 @@ from scenestore.store.arrays import (
     write_band_array,
 )
 from scenestore.store.client import SceneLock, StoreClient
+from scenestore.store.entries import FOOTPRINT_ATTR, scene_footprint
 from scenestore.store.integrity import CheckedStore, damaged
 from scenestore.store.layout import (
     RECORD_SUFFIX,
@@ -374,9 +375,9 @@ class SceneStore:
 
         grid = xr.Dataset(coords={n: ds.coords[n] for n in names if n in ds.coords})
         attrs = {**ds.attrs, LAYOUT_ATTR: LAYOUT_VERSION}
-        footprint = index.scene_footprint(ds)
+        footprint = scene_footprint(ds)
         if footprint is not None:  # what the index and offline search read, without the grid
-            attrs[index.FOOTPRINT_ATTR] = footprint
+            attrs[FOOTPRINT_ATTR] = footprint
         grid.attrs = json_safe(attrs)
         grid.to_zarr(
             SceneWrites(self.client.zarr_store()),

@@ -1,0 +1,266 @@
+"""The store index's snapshot as a GeoPackage 1.4 file (SQLite): one row per scene.
+
+Table ``scenes``: a footprint polygon (EPSG:4326, GeoPackage geometry: the ``GP`` header, an
+envelope, then ISO WKB), identifier, source item id, collection, provider profile, MGRS tile,
+sensing time (UTC), cloud cover, processing baseline, committed bands and each one's bytes, scene
+bytes, ingest time. Table ``scenestore_index`` holds the format version and the journal entries
+folded in. QGIS, GDAL/OGR, geopandas (``read_file(path, layer="scenes")``), DuckDB and pandas
+(``read_sql`` over :mod:`sqlite3`) read it. Snapshots are built in memory and stored whole.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from scenestore.store.entries import SceneInfo
+
+FORMAT_VERSION = 1
+_GPKG_APPLICATION_ID = 0x47504B47  # "GPKG"
+_GPKG_VERSION = 10400
+#: Bytes before the WKB of a geometry this module writes (header and xy envelope).
+WKB_OFFSET = 8 + 32
+
+
+_COLUMNS = (
+    ("identifier", "TEXT NOT NULL UNIQUE"),
+    ("item_id", "TEXT"),
+    ("collection", "TEXT"),
+    ("provider", "TEXT"),
+    ("tile", "TEXT"),
+    ("datetime", "TEXT"),
+    ("cloud_cover", "REAL"),
+    ("processing_baseline", "TEXT"),
+    ("bands", "TEXT"),  # ",B02,B03," so one band is found with instr()
+    ("band_bytes", "TEXT"),  # JSON object
+    ("size_bytes", "INTEGER"),
+    ("ingested_at", "TEXT"),
+    ("damaged", "TEXT"),  # JSON list
+    ("min_x", "REAL"),
+    ("min_y", "REAL"),
+    ("max_x", "REAL"),
+    ("max_y", "REAL"),
+    ("stamp", "TEXT"),
+)
+_NAMES = [name for name, _ in _COLUMNS]
+SELECT = ", ".join(["geom", *_NAMES])
+_INSERT = f"INSERT INTO scenes ({SELECT}) VALUES ({', '.join('?' * (len(_NAMES) + 1))})"
+
+
+def new_snapshot() -> sqlite3.Connection:
+    """An empty GeoPackage in memory with the ``scenes`` feature table."""
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    conn.executescript(
+        f"""
+        PRAGMA application_id = {_GPKG_APPLICATION_ID};
+        PRAGMA user_version = {_GPKG_VERSION};
+        CREATE TABLE gpkg_spatial_ref_sys (
+            srs_name TEXT NOT NULL, srs_id INTEGER NOT NULL PRIMARY KEY,
+            organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL,
+            definition TEXT NOT NULL, description TEXT);
+        INSERT INTO gpkg_spatial_ref_sys VALUES
+            ('Undefined cartesian SRS', -1, 'NONE', -1, 'undefined', NULL),
+            ('Undefined geographic SRS', 0, 'NONE', 0, 'undefined', NULL),
+            ('WGS 84 geodetic', 4326, 'EPSG', 4326, '{_WGS84_WKT}', 'longitude/latitude');
+        CREATE TABLE gpkg_contents (
+            table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL,
+            identifier TEXT UNIQUE, description TEXT DEFAULT '',
+            last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+            min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER,
+            CONSTRAINT fk_gc_r_srs_id FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys(srs_id));
+        CREATE TABLE gpkg_geometry_columns (
+            table_name TEXT NOT NULL, column_name TEXT NOT NULL,
+            geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL,
+            z TINYINT NOT NULL, m TINYINT NOT NULL,
+            CONSTRAINT pk_geom_cols PRIMARY KEY (table_name, column_name));
+        CREATE TABLE scenes (fid INTEGER PRIMARY KEY AUTOINCREMENT, geom BLOB,
+            {", ".join(f"{name} {kind}" for name, kind in _COLUMNS)});
+        INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id)
+            VALUES ('scenes', 'features', 'scenes', 'Scenes stored by scenestore', 4326);
+        INSERT INTO gpkg_geometry_columns VALUES ('scenes', 'geom', 'GEOMETRY', 4326, 0, 0);
+        CREATE TABLE scenestore_index (key TEXT PRIMARY KEY, value TEXT);
+        INSERT INTO gpkg_contents (table_name, data_type, identifier, description)
+            VALUES ('scenestore_index', 'attributes', 'scenestore_index',
+                    'The index format and the journal entries folded in');
+        """
+    )
+    conn.execute(
+        "INSERT INTO scenestore_index VALUES ('format_version', ?)", (str(FORMAT_VERSION),)
+    )
+    return conn
+
+
+_WGS84_WKT = (
+    'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
+    'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433],AUTHORITY["EPSG","4326"]]'
+)
+
+
+def row_of(info: SceneInfo) -> tuple[Any, ...]:
+    bbox = info.bbox or (None, None, None, None)
+    return (
+        gpkg_geometry(info.geometry, info.bbox),
+        info.identifier,
+        info.item_id,
+        info.collection,
+        info.provider,
+        info.tile,
+        info.datetime,
+        info.cloud_cover,
+        info.processing_baseline,
+        "," + ",".join(info.bands) + ",",
+        json.dumps(info.band_bytes),
+        info.size_bytes,
+        info.ingested_at,
+        json.dumps(list(info.damaged)),
+        *bbox,
+        info.stamp,
+    )
+
+
+def info_of_row(row: Sequence[Any], *, with_geometry: bool = False) -> SceneInfo:
+    (geom, ident, item, coll, prov, tile, when, cloud, base, bands, band_bytes, size, ingested,
+     damaged, min_x, min_y, max_x, max_y, stamp) = row  # fmt: skip
+    return SceneInfo(
+        identifier=ident,
+        bands=tuple(b for b in (bands or "").split(",") if b),
+        size_bytes=int(size or 0),
+        datetime=when,
+        tile=tile,
+        cloud_cover=cloud,
+        damaged=tuple(json.loads(damaged or "[]")),
+        item_id=item,
+        collection=coll,
+        provider=prov,
+        processing_baseline=base,
+        band_bytes=json.loads(band_bytes or "{}"),
+        ingested_at=ingested,
+        bbox=None if min_x is None else (min_x, min_y, max_x, max_y),
+        geometry=geojson_of_gpkg(geom) if with_geometry and geom else None,
+        stamp=stamp,
+    )
+
+
+def upsert(conn: sqlite3.Connection, identifier: str, info: SceneInfo | None) -> None:
+    conn.execute("DELETE FROM scenes WHERE identifier = ?", (identifier,))
+    if info is not None:
+        conn.execute(_INSERT, row_of(info))
+
+
+def snapshot_bytes(conn: sqlite3.Connection, folded: Iterable[str]) -> bytes:
+    conn.execute(
+        "INSERT OR REPLACE INTO scenestore_index VALUES ('folded', ?)",
+        (json.dumps(sorted(folded)),),
+    )
+    bounds = conn.execute(
+        "SELECT min(min_x), min(min_y), max(max_x), max(max_y) FROM scenes"
+    ).fetchone()
+    conn.execute(
+        "UPDATE gpkg_contents SET min_x = ?, min_y = ?, max_x = ?, max_y = ?, "
+        "last_change = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE table_name = 'scenes'",
+        bounds,
+    )
+    conn.commit()
+    return conn.serialize()
+
+
+def load_snapshot(payload: bytes) -> tuple[sqlite3.Connection, set[str]]:
+    """The snapshot's database in memory and the journal entries it folded in.
+
+    Raises:
+        ValueError: If the bytes are not an index snapshot of this format.
+    """
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    try:
+        conn.deserialize(payload)
+        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+        meta = dict(conn.execute("SELECT key, value FROM scenestore_index").fetchall())
+        if app_id != _GPKG_APPLICATION_ID or meta.get("format_version") != str(FORMAT_VERSION):
+            raise ValueError(f"not an index of format {FORMAT_VERSION}")
+        conn.execute(f"SELECT {SELECT} FROM scenes LIMIT 1").fetchall()
+        folded = set(json.loads(meta.get("folded", "[]")))
+    except (sqlite3.Error, ValueError, TypeError) as err:
+        conn.close()
+        raise ValueError(str(err) or type(err).__name__) from err
+    return conn, folded
+
+
+# -- GeoPackage geometry: the "GP" header, an envelope, then ISO WKB ---------------------------
+
+
+def gpkg_geometry(geometry: dict[str, Any] | None, bbox: Sequence[float] | None) -> bytes | None:
+    if geometry is None or bbox is None:
+        return None
+    polygons = (
+        [geometry["coordinates"]]
+        if geometry["type"] == "Polygon"
+        else list(geometry["coordinates"])
+    )
+    west, south, east, north = bbox
+    # Version 0, flags: little endian (bit 0), envelope [minx, maxx, miny, maxy] (bits 1-3 = 1).
+    header = b"GP" + bytes([0, 0b0000_0011]) + struct.pack("<i4d", 4326, west, east, south, north)
+    return header + _wkb(polygons, multi=geometry["type"] == "MultiPolygon")
+
+
+def _wkb(polygons: list[Any], *, multi: bool) -> bytes:
+    def polygon(rings: list[Any]) -> bytes:
+        out = [struct.pack("<BII", 1, 3, len(rings))]
+        for ring in rings:
+            out.append(struct.pack("<I", len(ring)))
+            out.extend(struct.pack("<2d", float(p[0]), float(p[1])) for p in ring)
+        return b"".join(out)
+
+    if not multi:
+        return polygon(polygons[0])
+    return struct.pack("<BII", 1, 6, len(polygons)) + b"".join(polygon(p) for p in polygons)
+
+
+def geojson_of_gpkg(blob: bytes) -> dict[str, Any] | None:
+    flags = blob[3]
+    envelope = (0, 32, 48, 48, 64)[(flags >> 1) & 0b111]
+    data, pos = blob[8 + envelope :], 0
+
+    def read(fmt: str) -> tuple[Any, ...]:
+        nonlocal pos
+        values = struct.unpack_from("<" + fmt, data, pos)
+        pos += struct.calcsize("<" + fmt)
+        return values
+
+    def polygon() -> list[Any]:
+        read("B")
+        (_, rings) = read("II")
+        out = []
+        for _ in range(rings):
+            (count,) = read("I")
+            out.append([list(read("2d")) for _ in range(count)])
+        return out
+
+    _, kind = struct.unpack_from("<BI", data, 0)
+    if kind == 3:
+        return {"type": "Polygon", "coordinates": polygon()}
+    if kind == 6:
+        read("B")
+        (_, count) = read("II")
+        return {"type": "MultiPolygon", "coordinates": [polygon() for _ in range(count)]}
+    return None
+
+
+def wkb_of(blob: bytes) -> bytes:
+    """The ISO WKB inside a GeoPackage geometry this module wrote."""
+    return bytes(blob[WKB_OFFSET:])
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SELECT",
+    "geojson_of_gpkg",
+    "info_of_row",
+    "load_snapshot",
+    "new_snapshot",
+    "snapshot_bytes",
+    "upsert",
+    "wkb_of",
+]
