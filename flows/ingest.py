@@ -4,6 +4,10 @@
 then submits one ``store-scene`` task per incomplete scene, at most ``max_in_flight`` at a
 time, on threads or on Dask. Complete scenes never get a task. A scene that fails does not
 stop the others; the run ends Failed, naming them, when any failed.
+
+With ``offline=True`` (a compute node without internet) ``ingest`` answers from the store
+alone (:func:`scenestore.offline.plan_offline`): no search, no download, no write, and the
+run ends Failed naming every scene that lacks bands and every id that is not stored.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from flows.params import (
 )
 from flows.quicklooks import publish_quicklooks
 from flows.report import (
+    MAX_NAMED_FAILURES,
     IngestSummary,
     Progress,
     ScenesFailedError,
@@ -71,6 +76,7 @@ from scenestore.bands import ALL_BANDS
 from scenestore.idlist import IdEntry, unique
 from scenestore.idlist import item_ids as map_item_ids
 from scenestore.manager import IngestResult
+from scenestore.offline import OfflinePlan, plan_offline
 from scenestore.profiles import get_profile
 from scenestore.redact import redact
 from scenestore.search import SceneQuery, merge_searches
@@ -138,6 +144,7 @@ def ingest(
     item_ids: list[ItemId] | None = None,
     areas: AreasParam = None,
     options: RunOptions = DEFAULT_OPTIONS,
+    offline: bool = False,
 ) -> dict[str, Any] | State[Any]:
     """Search for scenes and store the missing bands of each, a bounded number at a time.
 
@@ -146,7 +153,7 @@ def ingest(
     report's ``query`` column names the queries that found it.
 
     Args:
-        store: Store directory (created if missing).
+        store: Store directory (created if missing; offline, it must exist).
         bbox: Area of interest as a lon/lat box; give this or aoi.
         aoi: Area of interest as GeoJSON (geometry, Feature or FeatureCollection).
         start: First sensing day; without it the run looks back lookback_days.
@@ -163,10 +170,17 @@ def ingest(
             optional name, tiles, start and end), or a GeoJSON FeatureCollection of sites
             (name, start, end, tiles from each feature's properties).
         options: Parallelism, retries, Dask and search caching.
+        offline: Answer from the store alone, as on a compute node without internet: the
+            queries and ids are matched against the store index, nothing is searched,
+            downloaded or written (the store may be read-only), and each scene lacking
+            bands is named with the bands it lacks. stac_url and options are not used.
 
     Returns:
         A summary (scenes found, complete, stored, bytes) when every scene succeeded, else a
-        Failed state naming the failed scenes and the ids not found.
+        Failed state naming the failed scenes and the ids not found. Offline: a summary
+        (scenes found, ready, incomplete, not stored) when every scene found has every band
+        and every id is stored, else a Failed state naming the incomplete scenes with their
+        missing bands and the ids not stored.
     """
     logger = get_run_logger()
     request = IngestRequest.parse(
@@ -178,6 +192,8 @@ def ingest(
     label = request.label(today)
     queries = request.queries(today)
     spec = request.store_spec()
+    if offline:
+        return ingest_offline(request, spec, label=label, queries=queries)
     spec.manager().check_writable()  # before any search or download: fail fast on a bad store
     logger.info(
         "Ingest %s of %s bands %s from %s into %s",
@@ -400,6 +416,121 @@ def ingest_items(
     return summary.as_result()
 
 
+def ingest_offline(
+    request: IngestRequest,
+    spec: StoreSpec,
+    *,
+    label: str,
+    queries: Sequence[tuple[str, SceneQuery]],
+) -> dict[str, Any] | State[Any]:
+    """The offline part of ``ingest``: what the store holds for the run (call it in a flow run).
+
+    Reads the store index only (:func:`~scenestore.offline.plan_offline`), so it works on a
+    read-only store without network; writes the ``ingest-report`` table artifact with one
+    row per scene (``ready``, ``incomplete (lacks B08)``) and per id not stored.
+
+    Returns:
+        The summary (``scenes``, ``ready``, ``incomplete``, ``not_stored``, and the ready
+        ``identifiers``), or a Failed state naming what is incomplete or not stored.
+
+    Raises:
+        InvalidRequestError: If an id is the store identifier of another profile's scene.
+        StoreError: If the store is missing or cannot be read.
+    """
+    logger = get_run_logger()
+    logger.info(
+        "Offline ingest %s of bands %s from %s alone: nothing is searched or downloaded",
+        label, ",".join(spec.bands), redact(spec.store),
+    )
+    # The same id checks as online (another profile's identifier is refused); an item id and
+    # its store identifier count once. plan_offline matches either form.
+    entries = unique(IdEntry(v, f"item_ids[{n}]") for n, v in enumerate(request.item_ids))
+    wanted = map_item_ids(entries, spec.profile)
+    plan = plan_offline(spec.store, queries, [e.value for e in wanted.values()], spec.bands)
+    failures: dict[str, str] = {}
+    for scene in plan.incomplete:
+        failures[scene.identifier] = f"lacks {','.join(scene.missing)}"
+        logger.warning(
+            "%s lacks %s; run without offline with network access to fetch them",
+            scene.identifier, ",".join(scene.missing),
+        )
+    sources = {e.value: e.source for e in wanted.values()}
+    for value in plan.not_stored:
+        failures[value] = (
+            f"not stored: {value} ({sources.get(value, 'item_ids')}) is no scene of "
+            f"{redact(spec.store)}"
+        )
+        logger.warning(
+            "%s (%s) is not stored in %s; expected a store identifier or item id that "
+            "`scenestore ls` lists, or run without offline with network access to fetch it",
+            value, sources.get(value, "item_ids"), redact(spec.store),
+        )
+    ready = [s.identifier for s in plan.scenes if not s.missing]
+    summary: dict[str, Any] = {
+        "label": label,
+        "offline": True,
+        "scenes": len(plan.scenes),
+        "ready": len(ready),
+        "incomplete": len(plan.incomplete),
+        "not_stored": len(plan.not_stored),
+        "identifiers": ready,
+    }
+    logger.info(
+        "Offline: %d of %d scenes have every requested band in %s; %d ids not stored; "
+        "nothing was downloaded",
+        len(ready), len(plan.scenes), redact(spec.store), len(plan.not_stored),
+    )
+    create_table_artifact(
+        table=_offline_rows(plan, failures),
+        key="ingest-report",
+        description=(
+            f"Offline ingest {label}: {len(plan.scenes)} stored scenes found, {len(ready)} "
+            f"ready, {len(plan.incomplete)} incomplete, {len(plan.not_stored)} ids not "
+            "stored; nothing was downloaded."
+        ),
+    )
+    if plan.ready:
+        return summary
+    message = _offline_failure_message(plan, label)
+    logger.error(message)
+    return Failed(message=message, data=ScenesFailedError(message, failures, summary))
+
+
+def _offline_rows(plan: OfflinePlan, failures: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The ingest-report rows of an offline run: the online columns, nothing fetched."""
+    rows: list[dict[str, Any]] = []
+    labels: dict[str, str] = {}
+    for scene in plan.scenes:
+        status = f"incomplete (lacks {','.join(scene.missing)})" if scene.missing else "ready"
+        rows.append(report_row(
+            scene.identifier, (), 0, 0.0, status,
+            error=failures.get(scene.identifier), missing=scene.missing,
+        ))
+        labels[scene.identifier] = ", ".join(scene.found_by)
+    for value in plan.not_stored:
+        rows.append(report_row(value, (), 0, 0.0, "not stored", error=failures[value]))
+        labels[value] = "ids"
+    return with_queries(rows, labels)
+
+
+def _offline_failure_message(plan: OfflinePlan, label: str) -> str:
+    """The Failed state's message of an offline run: each incomplete scene and its bands."""
+    named = [f"{s.identifier} lacks {','.join(s.missing)}" for s in plan.incomplete]
+    named += [f"{value} is not stored" for value in plan.not_stored]
+    shown = "; ".join(named[:MAX_NAMED_FAILURES])
+    more = len(named) - MAX_NAMED_FAILURES
+    parts = []
+    if plan.incomplete:
+        parts.append(f"{len(plan.incomplete)} of {len(plan.scenes)} stored scenes incomplete")
+    if plan.not_stored:
+        parts.append(f"{len(plan.not_stored)} ids not stored")
+    return (
+        f"Offline ingest {label}: {' and '.join(parts)}: {shown}"
+        + (f"; and {more} more (see the ingest-report artifact)" if more > 0 else "")
+        + "; run without offline with network access to fetch them."
+    )
+
+
 def _run_scenes(
     todo: list[ScenePlan],
     spec: StoreSpec,
@@ -462,6 +593,7 @@ __all__ = [
     "find_scenes",
     "ingest",
     "ingest_items",
+    "ingest_offline",
     "ingest_scene",
     "reference_day",
     "scene_task_runner",

@@ -18,14 +18,16 @@ def ingest_run_name() -> str:
     The same name as the backfill gives its window runs (``flows.backfill.window_run_name``),
     so a window keeps its name when Prefect renames the run at start. A daily run (no
     ``start``, no ``end``) is named after the day it was scheduled for, e.g.
-    ``ingest 3 days to 2026-12-02``.
+    ``ingest 3 days to 2026-12-02``; an offline run is ``ingest offline ...``.
     """
     params: dict[str, Any] = flow_run.parameters or {}
     start, end = params.get("start"), params.get("end")
+    # An offline run (store only, no download) says so: it is a check, not an ingest.
+    what = "ingest offline" if params.get("offline") else "ingest"
     if start is not None:
-        return f"ingest {start}..{end if end is not None else 'scheduled day'}"
+        return f"{what} {start}..{end if end is not None else 'scheduled day'}"
     day = end if end is not None else _scheduled_day()
-    return f"ingest {params.get('lookback_days') or 0} days to {day}"
+    return f"{what} {params.get('lookback_days') or 0} days to {day}"
 
 
 def ingest_scene_run_name() -> str:
