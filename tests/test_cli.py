@@ -272,13 +272,13 @@ def bad_cases(world_url: str) -> list[tuple[str, list[str], str]]:
         (
             "prune without a selector",
             ["prune", "--store", "{store}", "--yes"],
-            "neither of --before and --not-in",
+            "prune got no selection",
         ),
         (
             "prune with both selectors",
             ["prune", "--store", "{store}", "--before", "2030-01-01", "--not-in",
              "{cases}/empty.txt", "--yes"],
-            "both --before and --not-in",
+            "prune got --before and --not-in",
         ),
         ("prune of a missing store", ["prune", "--store", "{store}/missing", "--before",
                                       "2030-01-01"], "does not exist"),

@@ -17,11 +17,10 @@ from typing import Any
 
 from scenestore.errors import ScenestoreError
 from scenestore.store.client import StoreClient
+from scenestore.store.layout import FOOTPRINT_ATTR
 
 logger = logging.getLogger(__name__)
 
-#: Group attribute with the scene grid's footprint (lon/lat GeoJSON and bbox), written at creation.
-FOOTPRINT_ATTR = "scenestore_footprint"
 
 
 @dataclass(frozen=True)

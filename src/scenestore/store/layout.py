@@ -28,6 +28,9 @@ QUICKLOOKS_DIR = ".quicklooks"
 TRASH_DIR = ".trash"
 RECORD_SUFFIX = ".json"
 
+#: Group attribute with the scene grid's footprint (lon/lat GeoJSON and bbox), written at creation.
+FOOTPRINT_ATTR = "scenestore_footprint"
+
 #: Target edge length of a stored chunk in pixels: a full 10980 px tile is 6 x 6 chunks.
 DEFAULT_CHUNK_TARGET = 1830
 

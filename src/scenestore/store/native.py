@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scenestore.errors import CoordinateMismatchError
+from scenestore.store.layout import FOOTPRINT_ATTR
 
 if TYPE_CHECKING:  # xarray loads on first use: `ls`, `rm` and `verify` never need it
     import xarray as xr
@@ -109,8 +110,8 @@ def to_scene_grid(ds: xr.Dataset, bands: list[str]) -> xr.Dataset:
 
     Each native block becomes one scene-grid block ``factor`` times its size (a native chunk of
     ``chunk // factor`` px gives blocks of ``chunk`` px, the scene grid's own chunking). The
-    :data:`GRID_ATTR` of bands and the :data:`LAYOUT_ATTR` of the scene are dropped: the result
-    is the Dataset a scene of layout 1 holds.
+    :data:`GRID_ATTR` of bands and the :data:`LAYOUT_ATTR` and footprint of the scene are
+    dropped: the result is the Dataset a scene of layout 1 holds.
     """
     import xarray as xr
 
@@ -140,7 +141,7 @@ def to_scene_grid(ds: xr.Dataset, bands: list[str]) -> xr.Dataset:
     return xr.Dataset(
         variables,
         coords={c: ds.coords[c] for c in ("y", "x", "spatial_ref") if c in ds.coords},
-        attrs={k: v for k, v in ds.attrs.items() if k != LAYOUT_ATTR},
+        attrs={k: v for k, v in ds.attrs.items() if k not in (LAYOUT_ATTR, FOOTPRINT_ATTR)},
     )
 
 

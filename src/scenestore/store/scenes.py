@@ -322,9 +322,24 @@ class SceneStore:
             raise
         finally:
             # After the records: what the index claims is committed (failed bands are not).
-            index.record(self.client, identifier)
+            # A writer that lost its lock (a lease that expired) journals nothing: the new
+            # holder may be withdrawing a band this entry would still claim.
+            if self._still_held(identifier):
+                index.record(self.client, identifier)
         logger.info("Stored %s bands %s in %s (%d bytes)", identifier, bands, self, written)
         return written
+
+    def _still_held(self, identifier: str) -> bool:
+        """Whether the scene's lock (if taken through :meth:`lock`) is still this writer's."""
+        with self._held_guard:
+            held = self._held.get(identifier)
+        try:
+            if held is not None:
+                held.check()
+        except StoreError as err:
+            logger.warning("Not updating the index of %s: %s", identifier, err)
+            return False
+        return True
 
     def _write_each(
         self,
