@@ -331,8 +331,12 @@ class StoreIndex:
         if conn is None:
             conn = new_snapshot()
         for key, doc in entries:
-            if key.rsplit("/", 1)[-1] not in folded:
-                upsert(conn, doc.get("identifier", ""), _entry_of_doc(doc))
+            if key.rsplit("/", 1)[-1] in folded:
+                continue
+            try:
+                upsert(conn, doc["identifier"], _entry_of_doc(doc))
+            except (TypeError, ValueError, KeyError, sqlite3.Error):
+                logger.warning("Ignoring the damaged index entry %s.", client.href(key))
         index = cls(client, conn)
         # No snapshot and no journal: a store of the previous release (or never indexed).
         unindexed = payload is None and not entries and check and bool(client.children())
