@@ -3,8 +3,9 @@
 Scenes are ingested in threads of this process. Asked for (``processes=N`` or
 ``SCENESTORE_PROCESSES=N``), several scenes of a local store are ingested in forked worker
 processes instead, one scene per process at a time (:mod:`scenestore.procpool`), so small
-scenes keep every core busy. It is opt-in: a worker forked after this process has read pixels
-in threads can hang (a lock held by a native thread at the fork, not found yet).
+scenes keep every core busy. It is opt-in: it about doubles the peak memory (a full tile per
+worker). A worker forked after this process read pixels in threads used to hang; the two causes
+and their fixes are in :mod:`scenestore.procpool`.
 """
 
 from __future__ import annotations

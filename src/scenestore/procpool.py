@@ -10,6 +10,14 @@ function inherited as they are: nothing has to be picklable but the results. A f
 interpreter (``spawn``, ``forkserver``) would spend about 2 CPU seconds per process importing
 odc-stac and rasterio, more than a small scene takes to ingest.
 
+A worker forked after the caller had read pixels in threads used to hang, for two causes. It
+inherited the caller's block pool (:func:`scenestore.store.arrays.block_pool`), whose idle
+count said threads were waiting that the fork had not copied, so no block ever ran: each
+forked child now forgets the pools it inherited (:func:`_forget_thread_pools`). And a thread
+joined just before the fork may still be closing its PROJ context in native code, holding
+SQLite's global mutex, which the child then waits for at its first CRS lookup: the pool
+forks only once no other thread is running (:func:`_settle_threads`, a millisecond or so).
+
 What a worker process keeps from the caller, and what it makes anew:
 
 - the provider budget (:mod:`scenestore.throttle`): made anew in each worker, its rate shared
@@ -37,6 +45,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -51,10 +60,13 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Worker processes for batch ingest: a number, ``0``/``1``/``off`` for none (threads only);
-#: unset means none. Opt-in: a worker forked after the caller read pixels in threads can hang.
+#: unset means none.
 PROCESSES_ENV = "SCENESTORE_PROCESSES"
 
 _OFF = frozenset({"off", "no", "false", "none"})
+
+#: Seconds to wait at most, before forking, for this process's other threads to stop running.
+SETTLE_TIMEOUT_S = 2.0
 
 #: Error of a scene whose worker process died twice (a scene, not the batch, fails).
 WORKER_DIED = (
@@ -166,6 +178,8 @@ def _run_pool(
 ) -> list[int]:
     """Run ``indices`` in a pool; return the ones whose worker died (pool broken)."""
     with _shared_gate() as gate_dir:
+        # The pool forks every worker at its first submit (the fork start method), below.
+        _settle_threads()
         pool = ProcessPoolExecutor(
             max_workers=processes,
             mp_context=multiprocessing.get_context("fork"),
@@ -189,6 +203,39 @@ def _run_pool(
             # A bug raised in a worker propagates: the scenes not started are not started.
             pool.shutdown(wait=True, cancel_futures=True)
         return sorted(died)
+
+
+def _settle_threads(timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+    """Wait until no other thread of this process is running, for ``timeout_s`` at most.
+
+    A fork copies the locks a running thread holds, locked, with no thread to release them.
+    The thread that matters most has already been joined: after :meth:`threading.Thread.join`
+    returns, the native thread still runs its thread-local destructors, and GDAL's closes the
+    thread's PROJ context, holding SQLite's global mutex, so a child forked then hangs at its
+    first CRS lookup. Idle threads (pools waiting for work, an event loop in ``epoll``) sleep
+    in the kernel and hold no lock; a running one is waited for (a few milliseconds).
+    """
+    me = str(threading.get_native_id())
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            tasks = [t for t in os.listdir("/proc/self/task") if t != me]
+        except OSError:  # pragma: no cover - Linux always has /proc; nothing to wait for
+            return
+        if not any(_running(task) for task in tasks) or time.monotonic() >= deadline:
+            return
+        time.sleep(0.001)
+
+
+def _running(task: str) -> bool:
+    """Whether thread ``task`` of this process is on a CPU or runnable (state ``R``)."""
+    try:
+        stat = Path(f"/proc/self/task/{task}/stat").read_text()
+    except OSError:
+        return False  # it has exited meanwhile
+    # "<tid> (<comm>) <state> ...": comm may hold spaces and parentheses, the state follows
+    # the last ")".
+    return stat.rpartition(")")[2].split()[:1] == ["R"]
 
 
 @contextlib.contextmanager
@@ -242,21 +289,32 @@ def _start_worker(
         throttle.set_fleet_gate(throttle.FileGate(gate_dir))
     if "rasterio" in sys.modules:
         clear_http_cache()
-    _forget_thread_pools()
 
 
 def _forget_thread_pools() -> None:
-    """Drop dask's thread pools inherited from the caller: their threads were not forked.
+    """In a forked child: drop the thread pools inherited from the parent, and their locks.
 
-    dask's threaded scheduler keeps its pools in module globals and never checks the pid; a
-    computation handed to a pool whose threads exist only in the caller waits forever.
+    A :class:`~concurrent.futures.ThreadPoolExecutor` starts a thread only when none is idle,
+    and it counts idle threads in a semaphore that a fork copies while the threads stay in the
+    parent: a task handed to the inherited pool waits forever. scenestore's block pool and
+    dask's threaded scheduler keep their pools in module globals and never check the pid, so
+    they are reset here and made anew on first use. (zarr resets its own loop and executor
+    at a fork.) Their locks are made anew too: a parent's thread may have held one.
     """
+    arrays = sys.modules.get("scenestore.store.arrays")
+    if arrays is not None:
+        arrays._pool = None  # type: ignore[attr-defined]
+        arrays._pool_lock = threading.Lock()  # type: ignore[attr-defined]
     threaded = sys.modules.get("dask.threaded")
-    if threaded is None:
-        return
-    threaded.default_pool = None  # type: ignore[attr-defined]
-    threaded.pools.clear()
-    threaded.pools_lock = threading.Lock()  # type: ignore[attr-defined]
+    if threaded is not None:
+        threaded.default_pool = None  # type: ignore[attr-defined]
+        threaded.pools.clear()
+        threaded.pools_lock = threading.Lock()  # type: ignore[attr-defined]
+
+
+# Every fork, not only this module's pools: a child forked by any code must not use them either.
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_thread_pools)
 
 
 def _ingest_one(index: int) -> IngestResult:
