@@ -61,7 +61,7 @@ from flows.params import (
     RunOptions,
     StoreSpec,
 )
-from flows.report import crash_hook
+from flows.report import PARENT_SHOWS_PROGRESS, crash_hook
 from flows.tasks import check_scenes
 from flows.windows import DateWindow, WindowUnit, split_windows
 from scenestore.aoi import sensing_day
@@ -425,6 +425,7 @@ def _run_subflows(
 
     def run_window(outcome: WindowOutcome, signals: _WindowSignals) -> WindowOutcome:
         _WINDOW_SIGNALS.set(signals)  # in this thread's copy of the context only
+        PARENT_SHOWS_PROGRESS.set(True)  # the window table and progress cover this run
         outcome.status = "running"
         try:
             state = _window_ingest(**params[outcome.window], return_state=True)

@@ -7,6 +7,7 @@ scenes failed, ends Failed with :func:`failure_message`.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -140,17 +141,30 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: Set (in its thread's context) when a parent run shows this run's progress itself: a
+#: backfill's window table and progress artifacts cover its window runs, whose own progress
+#: artifacts would cost two API calls a window and say nothing more.
+PARENT_SHOWS_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "parent_shows_progress", default=False
+)
+
+
 class Progress:
-    """The run's progress artifact, updated at most every :data:`PROGRESS_INTERVAL_S`."""
+    """The run's progress artifact, updated at most every :data:`PROGRESS_INTERVAL_S`.
+
+    None is made when :data:`PARENT_SHOWS_PROGRESS` is set.
+    """
 
     def __init__(self, *, total: int, done: int, label: str) -> None:
         self.total, self.done = total, done
         self._last = time.monotonic()
-        self._id = create_progress_artifact(
-            progress=self._percent(),
-            key="ingest-progress",
-            description=f"Scenes done of {total} for {label}",
-        )
+        self._id = None
+        if not PARENT_SHOWS_PROGRESS.get():
+            self._id = create_progress_artifact(
+                progress=self._percent(),
+                key="ingest-progress",
+                description=f"Scenes done of {total} for {label}",
+            )
 
     def _percent(self) -> float:
         return 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 1)
@@ -166,7 +180,8 @@ class Progress:
 
     def _update(self) -> None:
         self._last = time.monotonic()
-        update_progress_artifact(artifact_id=self._id, progress=self._percent())
+        if self._id is not None:
+            update_progress_artifact(artifact_id=self._id, progress=self._percent())
 
 
 #: Key of the markdown artifact a crashed run gets (see :func:`crash_hook`).
@@ -223,6 +238,7 @@ def crash_hook(retry_does: str) -> Any:
 __all__ = [
     "CRASH_ARTIFACT_KEY",
     "MAX_NAMED_FAILURES",
+    "PARENT_SHOWS_PROGRESS",
     "PROGRESS_INTERVAL_S",
     "IngestSummary",
     "Progress",
