@@ -32,9 +32,16 @@ object store). The last line printed is one JSON object with the figures, among 
 ``disk_vs_baseline`` (scenestore's store bytes / the baseline's) and ``ingest_vs_peer``
 (peer seconds / scenestore seconds: above 1, scenestore is faster).
 
+Then ``scripts/bench_index.py`` (the store index, #17) prints its tables in its own process:
+``ls`` of 5,000 and 50,000 stored scenes beside ``ls --scan``, offline search over 50,000
+indexed scenes, and what index upkeep adds to an ingest beside ``SCENESTORE_INDEX=off``; its
+figures (``ls_5k_s``, ``ls_50k_s``, ``ls_5k_vs_scan``, ``search_50k_ms``,
+``index_overhead_pct``...) join the JSON line.
+
     python scripts/bench.py                           # small scenes (1098 px), a few minutes
     python scripts/bench.py --full                    # one real-size 10980 px tile
     python scripts/bench.py --only peer,scenestore    # some ingest variants, the table only
+    python scripts/bench.py --only index              # the store index's figures only
 """
 
 from __future__ import annotations
@@ -591,6 +598,22 @@ def run_s3(items_file: Path) -> dict:
             os.environ.update(saved)
 
 
+def run_index_bench() -> dict:
+    """scripts/bench_index.py in its own process: its tables printed as they come, its JSON
+    line returned."""
+    script = str(Path(__file__).with_name("bench_index.py"))
+    proc = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None  # piped
+    last = ""
+    for line in proc.stdout:
+        last = line
+        if not line.startswith("{"):
+            print(line, end="", flush=True)
+    if proc.wait() != 0:
+        raise SystemExit(f"bench_index.py failed with exit code {proc.returncode}")
+    return json.loads(last)
+
+
 def _cpu(result: dict) -> str:
     """CPU seconds of a variant, or '-' where the work ran in processes it did not start."""
     return f"{result['cpu_s']:.2f}" if "cpu_s" in result else "-"
@@ -626,7 +649,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        help="comma-separated ingest variants to run (e.g. peer,scenestore): table only",
+        help="comma-separated ingest variants to run (e.g. peer,scenestore): table only; "
+        "index: the store index's figures (bench_index.py)",
     )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--items", help=argparse.SUPPRESS)
@@ -641,9 +665,14 @@ def main() -> None:
         return
 
     wanted = args.only.split(",") if args.only else list(INGEST_VARIANTS)
-    unknown = sorted(set(wanted) - set(INGEST_VARIANTS))
+    unknown = sorted(set(wanted) - {*INGEST_VARIANTS, "index"})
     if unknown:
-        raise SystemExit(f"--only: unknown variant(s) {unknown}; pick from {INGEST_VARIANTS}")
+        raise SystemExit(
+            f"--only: unknown variant(s) {unknown}; pick from {(*INGEST_VARIANTS, 'index')}"
+        )
+    if wanted == ["index"]:
+        print(json.dumps(run_index_bench()))
+        return
 
     from scenestore_world import OfflineWorld
 
@@ -696,6 +725,9 @@ def main() -> None:
                 print(f"note: scenestore stored {edge} px chunks at 10 m, the peer used {chunk}")
         if args.only:
             _print_table(results, chunk)
+            if "index" in wanted:
+                print()
+                print(json.dumps(run_index_bench()))
             return
         incremental = run("incremental")
         opened = run("open", "scenestore")
@@ -740,6 +772,8 @@ def main() -> None:
         f"/scene, scenestore {cs['check_ms_per_scene']:.3f} ms/scene "
         f"({cb['check_ms_per_scene'] / cs['check_ms_per_scene']:.0f}x cheaper)"
     )
+    print()
+    indexed = run_index_bench()
     summary = {
         "size": size,
         "scenes": n,
@@ -788,6 +822,7 @@ def main() -> None:
         "open_verify_ms": round(integrity["open_verify_ms"], 1),
         "check_ms_per_scene": round(cs["check_ms_per_scene"], 4),
         "baseline_check_ms_per_scene": round(cb["check_ms_per_scene"], 3),
+        **indexed,
     }
     print(json.dumps(summary))
 

@@ -131,7 +131,7 @@ def info_of_row(row: Sequence[Any], *, with_geometry: bool = False) -> SceneInfo
         datetime=when,
         tile=tile,
         cloud_cover=cloud,
-        damaged=tuple(json.loads(damaged or "[]")),
+        damaged=tuple(json.loads(damaged)) if damaged and damaged != "[]" else (),
         item_id=item,
         collection=coll,
         provider=prov,
@@ -235,7 +235,8 @@ def geojson_of_gpkg(blob: bytes) -> dict[str, Any] | None:
         out = []
         for _ in range(rings):
             (count,) = read("I")
-            out.append([list(read("2d")) for _ in range(count)])
+            flat = read(f"{2 * count}d")  # one unpack a ring: searches decode thousands
+            out.append([[flat[i], flat[i + 1]] for i in range(0, 2 * count, 2)])
         return out
 
     _, kind = struct.unpack_from("<BI", data, 0)
