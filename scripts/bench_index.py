@@ -61,6 +61,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench import cpu_seconds  # scripts/ is on the path: this file runs as a script
+
 from scenestore.bands import ALL_BANDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -480,13 +482,6 @@ def _count_index_time() -> dict[str, float]:
                 kind = "footprint" if name == "scene_footprint" else "upkeep"
                 setattr(module, name, wrap(getattr(module, name), kind))
     return spent
-
-
-def cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (user + system), as bench.py."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def variant_ingest(items: list[dict], store: Path) -> dict[str, Any]:
