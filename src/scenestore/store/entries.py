@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -21,6 +21,48 @@ from scenestore.store.layout import FOOTPRINT_ATTR
 
 logger = logging.getLogger(__name__)
 
+
+class Deferred:
+    """A field value decoded on first read: ``decode(raw)``.
+
+    A search over the index returns thousands of scenes, and most callers read neither their
+    footprints nor their band bytes; decoding those per row cost more than the query itself.
+    """
+
+    __slots__ = ("decode", "raw")
+
+    def __init__(self, decode: Callable[[Any], Any], raw: Any) -> None:
+        self.decode = decode
+        self.raw = raw
+
+
+class _DecodedOnRead:
+    """A frozen dataclass field's storage that decodes a :class:`Deferred` on first read.
+
+    Installed on the class after ``@dataclass`` has made it, so the generated ``__init__``
+    (which sets fields with ``object.__setattr__``) stores through it. The value lives in the
+    instance ``__dict__`` under the field's own name: a data descriptor is looked up first.
+    """
+
+    def __init__(self, name: str, empty: Callable[[], Any]) -> None:
+        self.slot = name
+        self.empty = empty
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return None  # the dataclass default: replaced by ``empty()`` on read
+        value = obj.__dict__[self.slot]
+        if isinstance(value, Deferred):
+            value = value.decode(value.raw)
+        elif value is None:
+            value = self.empty()
+        else:
+            return value
+        obj.__dict__[self.slot] = value
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.slot] = value
 
 
 @dataclass(frozen=True)
@@ -47,6 +89,9 @@ class SceneInfo:
         bbox: Footprint bounds in lon/lat (W, S, E, N), if known.
         geometry: Footprint as a GeoJSON geometry in lon/lat, if known.
         stamp: The ``_commits`` change time when indexed (local stores), for staleness checks.
+
+    Entries read from the index decode ``geometry`` and ``band_bytes`` on first read, so a
+    search returning thousands of scenes does not decode what its caller never looks at.
     """
 
     identifier: str
@@ -61,7 +106,7 @@ class SceneInfo:
     collection: str | None = None
     provider: str | None = None
     processing_baseline: str | None = None
-    band_bytes: dict[str, int] = field(default_factory=dict, repr=False)
+    band_bytes: dict[str, int] = field(default=None, repr=False)  # type: ignore[arg-type]
     ingested_at: str | None = None
     bbox: tuple[float, float, float, float] | None = None
     geometry: dict[str, Any] | None = field(default=None, repr=False)
@@ -85,6 +130,23 @@ class SceneInfo:
             "bbox": list(self.bbox) if self.bbox else None,
             "damaged": list(self.damaged),
         }
+
+
+# Footprints and band bytes of index rows are decoded when first read (see Deferred).
+SceneInfo.band_bytes = _DecodedOnRead("band_bytes", dict)  # type: ignore[assignment]
+SceneInfo.geometry = _DecodedOnRead("geometry", lambda: None)  # type: ignore[assignment]
+SCENE_INFO_FIELDS = frozenset(f.name for f in fields(SceneInfo))
+
+
+def scene_info_of(values: dict[str, Any]) -> SceneInfo:
+    """A :class:`SceneInfo` of ``values`` (every field, by name) without running ``__init__``.
+
+    For index rows, which are field values already: the frozen dataclass's ``__init__`` costs
+    more than the rest of a row's decoding, and a search returns thousands of rows.
+    """
+    info = object.__new__(SceneInfo)
+    info.__dict__.update(values)
+    return info
 
 
 @dataclass(frozen=True)
@@ -215,12 +277,15 @@ def text_or_none(value: object) -> str | None:
 
 __all__ = [
     "FOOTPRINT_ATTR",
+    "SCENE_INFO_FIELDS",
+    "Deferred",
     "IndexQuery",
     "SceneInfo",
     "checked_footprint",
     "grid_footprint",
     "group_attrs",
     "scene_footprint",
+    "scene_info_of",
     "stored_footprint",
     "text_or_none",
     "utc_text",

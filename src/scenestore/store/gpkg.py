@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from scenestore.store.entries import SceneInfo
+from scenestore.store.entries import Deferred, SceneInfo, scene_info_of
 
 FORMAT_VERSION = 1
 _GPKG_APPLICATION_ID = 0x47504B47  # "GPKG"
@@ -82,6 +82,7 @@ def new_snapshot() -> sqlite3.Connection:
             VALUES ('scenes', 'features', 'scenes', 'Scenes stored by scenestore', 4326);
         INSERT INTO gpkg_geometry_columns VALUES ('scenes', 'geom', 'GEOMETRY', 4326, 0, 0);
         CREATE TABLE scenestore_index (key TEXT PRIMARY KEY, value TEXT);
+        {_SEARCH_INDEXES}
         INSERT INTO gpkg_contents (table_name, data_type, identifier, description)
             VALUES ('scenestore_index', 'attributes', 'scenestore_index',
                     'The index format and the journal entries folded in');
@@ -91,6 +92,31 @@ def new_snapshot() -> sqlite3.Connection:
         "INSERT INTO scenestore_index VALUES ('format_version', ?)", (str(FORMAT_VERSION),)
     )
     return conn
+
+
+#: What searches use: an R*Tree of the footprint bounds (SQLite stores its corners as 32-bit
+#: floats rounded outwards, so it finds candidates and the exact bounds columns decide), and
+#: B-trees on sensing time and tile. The R*Tree is scenestore's own, not the GeoPackage
+#: ``gpkg_rtree_index`` extension (whose triggers need SQL functions plain SQLite lacks), so
+#: other readers filter on the bounds columns.
+_SEARCH_INDEXES = """
+    CREATE VIRTUAL TABLE IF NOT EXISTS scenestore_bounds USING rtree(id, minx, maxx, miny, maxy);
+    CREATE INDEX IF NOT EXISTS scenes_datetime ON scenes (datetime);
+    CREATE INDEX IF NOT EXISTS scenes_tile ON scenes (tile);
+"""
+
+
+def _ensure_search_indexes(conn: sqlite3.Connection) -> None:
+    """Add the search indexes to a snapshot written before they were (built once, then kept)."""
+    has_bounds = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE name = 'scenestore_bounds'"
+    ).fetchone()
+    conn.executescript(_SEARCH_INDEXES)
+    if not has_bounds:
+        conn.execute(
+            "INSERT INTO scenestore_bounds SELECT fid, min_x, max_x, min_y, max_y FROM scenes "
+            "WHERE min_x IS NOT NULL"
+        )
 
 
 _WGS84_WKT = (
@@ -124,30 +150,44 @@ def row_of(info: SceneInfo) -> tuple[Any, ...]:
 def info_of_row(row: Sequence[Any], *, with_geometry: bool = False) -> SceneInfo:
     (geom, ident, item, coll, prov, tile, when, cloud, base, bands, band_bytes, size, ingested,
      damaged, min_x, min_y, max_x, max_y, stamp) = row  # fmt: skip
-    return SceneInfo(
-        identifier=ident,
-        bands=tuple(b for b in (bands or "").split(",") if b),
-        size_bytes=int(size or 0),
-        datetime=when,
-        tile=tile,
-        cloud_cover=cloud,
-        damaged=tuple(json.loads(damaged)) if damaged and damaged != "[]" else (),
-        item_id=item,
-        collection=coll,
-        provider=prov,
-        processing_baseline=base,
-        band_bytes=json.loads(band_bytes or "{}"),
-        ingested_at=ingested,
-        bbox=None if min_x is None else (min_x, min_y, max_x, max_y),
-        geometry=geojson_of_gpkg(geom) if with_geometry and geom else None,
-        stamp=stamp,
+    return scene_info_of(
+        {
+            "identifier": ident,
+            "bands": tuple(bands.strip(",").split(",")) if bands and bands != ",," else (),
+            "size_bytes": int(size or 0),
+            "datetime": when,
+            "tile": tile,
+            "cloud_cover": cloud,
+            "attrs": {},
+            "damaged": tuple(json.loads(damaged)) if damaged and damaged != "[]" else (),
+            "item_id": item,
+            "collection": coll,
+            "provider": prov,
+            "processing_baseline": base,
+            "band_bytes": Deferred(json.loads, band_bytes) if band_bytes else None,
+            "ingested_at": ingested,
+            "bbox": None if min_x is None else (min_x, min_y, max_x, max_y),
+            "geometry": Deferred(geojson_of_gpkg, geom) if with_geometry and geom else None,
+            "stamp": stamp,
+        }
     )
 
 
 def upsert(conn: sqlite3.Connection, identifier: str, info: SceneInfo | None) -> None:
+    conn.execute(
+        "DELETE FROM scenestore_bounds WHERE id IN "
+        "(SELECT fid FROM scenes WHERE identifier = ?)",
+        (identifier,),
+    )
     conn.execute("DELETE FROM scenes WHERE identifier = ?", (identifier,))
     if info is not None:
-        conn.execute(_INSERT, row_of(info))
+        fid = conn.execute(_INSERT, row_of(info)).lastrowid
+        if info.bbox is not None:
+            west, south, east, north = info.bbox
+            conn.execute(
+                "INSERT INTO scenestore_bounds VALUES (?, ?, ?, ?, ?)",
+                (fid, west, east, south, north),
+            )
 
 
 def snapshot_bytes(conn: sqlite3.Connection, folded: Iterable[str]) -> bytes:
@@ -181,6 +221,7 @@ def load_snapshot(payload: bytes) -> tuple[sqlite3.Connection, set[str]]:
         if app_id != _GPKG_APPLICATION_ID or meta.get("format_version") != str(FORMAT_VERSION):
             raise ValueError(f"not an index of format {FORMAT_VERSION}")
         conn.execute(f"SELECT {SELECT} FROM scenes LIMIT 1").fetchall()
+        _ensure_search_indexes(conn)
         folded = set(json.loads(meta.get("folded", "[]")))
     except (sqlite3.Error, ValueError, TypeError) as err:
         conn.close()

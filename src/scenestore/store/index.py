@@ -407,8 +407,12 @@ class StoreIndex:
             area = _bounds(query.geometry)
         if area is not None:
             west, south, east, north = area
+            where.append(
+                "fid IN (SELECT id FROM scenestore_bounds "
+                "WHERE maxx >= ? AND minx <= ? AND maxy >= ? AND miny <= ?)"
+            )
             where.append("max_x >= ? AND min_x <= ? AND max_y >= ? AND min_y <= ?")
-            args += [west, east, south, north]
+            args += [west, east, south, north] * 2
         if query.start is not None:
             where.append("datetime >= ?")
             args.append(query.start.isoformat())
@@ -427,7 +431,9 @@ class StoreIndex:
         sql = f"SELECT {SELECT} FROM scenes"
         if where:
             sql += " WHERE " + " AND ".join(f"({w})" for w in where)
-        rows = self._conn.execute(sql + " ORDER BY datetime, identifier", args).fetchall()
+        # "+datetime": sort after filtering; walking the datetime index in order to skip the
+        # sort reads every row of a query the R*Tree narrows to a few.
+        rows = self._conn.execute(sql + " ORDER BY +datetime, identifier", args).fetchall()
         if query.geometry is not None and rows:
             rows = _intersecting(rows, query.geometry)
         return [info_of_row(row, with_geometry=True) for row in rows]
