@@ -145,3 +145,9 @@ def test_index_entries_decode_on_read_and_compare_pickle_like_plain_ones():
     assert pickle.loads(pickle.dumps(entry)) == info
     assert replace(entry, tile="33UVP").tile == "33UVP"
     assert SceneInfo("x", (), 0).band_bytes == {} and SceneInfo("x", (), 0).geometry is None
+    bare = SceneInfo(
+        "es-l2a_S2B_T33UUP_00008_L2A", (), 0, damaged=("B02: commit record damaged",)
+    )
+    (entry,) = index_of([bare]).search(IndexQuery())
+    assert entry == bare
+    assert (entry.bbox, entry.geometry, entry.bands, entry.band_bytes) == (None, None, (), {})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from typing import Any
@@ -18,51 +18,59 @@ from typing import Any
 from scenestore.errors import ScenestoreError
 from scenestore.store.client import StoreClient
 from scenestore.store.layout import FOOTPRINT_ATTR
+from scenestore.store.wkb import geojson_of_gpkg
 
 logger = logging.getLogger(__name__)
 
 
-class Deferred:
-    """A field value decoded on first read: ``decode(raw)``.
+class _StoredAs:
+    """A field held as the index stores it (``raw``: text or bytes) until first read.
 
-    A search over the index returns thousands of scenes, and most callers read neither their
-    footprints nor their band bytes; decoding those per row cost more than the query itself.
+    Installed on :class:`SceneInfo` after ``@dataclass`` has made it, so the generated
+    ``__init__`` (which sets fields with ``object.__setattr__``) stores values through it, decoded
+    ones as they are. The value lives in the instance ``__dict__`` under the field's own name:
+    a data descriptor is looked up first.
     """
 
-    __slots__ = ("decode", "raw")
-
-    def __init__(self, decode: Callable[[Any], Any], raw: Any) -> None:
-        self.decode = decode
-        self.raw = raw
-
-
-class _DecodedOnRead:
-    """A frozen dataclass field's storage that decodes a :class:`Deferred` on first read.
-
-    Installed on the class after ``@dataclass`` has made it, so the generated ``__init__``
-    (which sets fields with ``object.__setattr__``) stores through it. The value lives in the
-    instance ``__dict__`` under the field's own name: a data descriptor is looked up first.
-    """
-
-    def __init__(self, name: str, empty: Callable[[], Any]) -> None:
-        self.slot = name
-        self.empty = empty
+    def __init__(
+        self, name: str, raw: type, decode: Callable[[Any], Any], empty: Callable[[], Any]
+    ) -> None:
+        self.name, self.raw, self.decode, self.empty = name, raw, decode, empty
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
-            return None  # the dataclass default: replaced by ``empty()`` on read
-        value = obj.__dict__[self.slot]
-        if isinstance(value, Deferred):
-            value = value.decode(value.raw)
+            return None  # the dataclass default: ``empty()`` on read
+        value = obj.__dict__.get(self.name)
+        if type(value) is self.raw:
+            value = self.decode(value)
         elif value is None:
             value = self.empty()
         else:
             return value
-        obj.__dict__[self.slot] = value
+        obj.__dict__[self.name] = value
         return value
 
     def __set__(self, obj: Any, value: Any) -> None:
-        obj.__dict__[self.slot] = value
+        obj.__dict__[self.name] = value
+
+
+class _StoredBounds:
+    """``bbox``, held as the index's four bound columns (``_west`` ...) until first read."""
+
+    _SIDES = ("_west", "_south", "_east", "_north")
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return None
+        values = obj.__dict__
+        if "bbox" not in values:
+            # The sides stay: a thread reading at the same time finds them too.
+            sides = tuple(values.get(side) for side in self._SIDES)
+            values["bbox"] = None if sides[0] is None else sides
+        return values["bbox"]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__["bbox"] = value
 
 
 @dataclass(frozen=True)
@@ -90,8 +98,9 @@ class SceneInfo:
         geometry: Footprint as a GeoJSON geometry in lon/lat, if known.
         stamp: The ``_commits`` change time when indexed (local stores), for staleness checks.
 
-    Entries read from the index decode ``geometry`` and ``band_bytes`` on first read, so a
-    search returning thousands of scenes does not decode what its caller never looks at.
+    Entries read from the index (:func:`stored_scene_info`) hold ``bands``, ``damaged``,
+    ``band_bytes``, ``geometry`` and ``bbox`` as the index stores them and decode each on first
+    read, so a search returning thousands of scenes decodes only what its caller looks at.
     """
 
     identifier: str
@@ -132,20 +141,41 @@ class SceneInfo:
         }
 
 
-# Footprints and band bytes of index rows are decoded when first read (see Deferred).
-SceneInfo.band_bytes = _DecodedOnRead("band_bytes", dict)  # type: ignore[assignment]
-SceneInfo.geometry = _DecodedOnRead("geometry", lambda: None)  # type: ignore[assignment]
-SCENE_INFO_FIELDS = frozenset(f.name for f in fields(SceneInfo))
+def _bands_of_text(text: str) -> tuple[str, ...]:
+    return tuple(text.strip(",").split(",")) if text.strip(",") else ()
 
 
-def scene_info_of(values: dict[str, Any]) -> SceneInfo:
-    """A :class:`SceneInfo` of ``values`` (every field, by name) without running ``__init__``.
+# An index search returns thousands of entries and most callers read a few fields of each:
+# entries read from the index decode the rest when first read (see stored_scene_info).
+SceneInfo.bands = _StoredAs("bands", str, _bands_of_text, tuple)  # type: ignore[assignment]
+SceneInfo.damaged = _StoredAs(  # type: ignore[assignment]
+    "damaged", str, lambda text: tuple(json.loads(text)), tuple
+)
+SceneInfo.band_bytes = _StoredAs("band_bytes", str, json.loads, dict)  # type: ignore[assignment]
+SceneInfo.geometry = _StoredAs(  # type: ignore[assignment]
+    "geometry", bytes, geojson_of_gpkg, lambda: None
+)
+SceneInfo.bbox = _StoredBounds()  # type: ignore[assignment]
+SCENE_INFO_FIELDS = tuple(f.name for f in fields(SceneInfo))
+_new = object.__new__
 
-    For index rows, which are field values already: the frozen dataclass's ``__init__`` costs
-    more than the rest of a row's decoding, and a search returns thousands of rows.
+
+def stored_scene_info(values: Iterable[tuple[str, Any]]) -> SceneInfo:
+    """An entry from the values the index stores, without running the dataclass ``__init__``.
+
+    Args:
+        values: (name, value) for every field but ``attrs`` and ``bbox``, as stored: ``bands``
+            as ``",B02,B03,"`` text, ``damaged`` and ``band_bytes`` as JSON text, ``geometry``
+            as GeoPackage bytes; the bounds as ``_west``, ``_south``, ``_east``, ``_north``.
+
+    Returns:
+        The entry; each stored field is decoded on first read (a search of the index returns
+        thousands, and the frozen dataclass's ``__init__`` cost more than the query).
     """
-    info = object.__new__(SceneInfo)
-    info.__dict__.update(values)
+    info = _new(SceneInfo)
+    fields_ = info.__dict__
+    fields_.update(values)
+    fields_["attrs"] = {}
     return info
 
 
@@ -278,14 +308,13 @@ def text_or_none(value: object) -> str | None:
 __all__ = [
     "FOOTPRINT_ATTR",
     "SCENE_INFO_FIELDS",
-    "Deferred",
     "IndexQuery",
     "SceneInfo",
     "checked_footprint",
     "grid_footprint",
     "group_attrs",
     "scene_footprint",
-    "scene_info_of",
+    "stored_scene_info",
     "stored_footprint",
     "text_or_none",
     "utc_text",

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from scenestore.store.entries import Deferred, SceneInfo, scene_info_of
+from scenestore.store.entries import SceneInfo, stored_scene_info
+from scenestore.store.wkb import gpkg_geometry
 
 FORMAT_VERSION = 1
 _GPKG_APPLICATION_ID = 0x47504B47  # "GPKG"
 _GPKG_VERSION = 10400
-#: Bytes before the WKB of a geometry this module writes (header and xy envelope).
-WKB_OFFSET = 8 + 32
 
 
 _COLUMNS = (
@@ -46,8 +44,19 @@ _COLUMNS = (
     ("stamp", "TEXT"),
 )
 _NAMES = [name for name, _ in _COLUMNS]
-SELECT = ", ".join(["geom", *_NAMES])
-_INSERT = f"INSERT INTO scenes ({SELECT}) VALUES ({', '.join('?' * (len(_NAMES) + 1))})"
+_FIELD_OF_COLUMN = {
+    "geom": "geometry",
+    "min_x": "_west",
+    "min_y": "_south",
+    "max_x": "_east",
+    "max_y": "_north",
+}
+#: The columns an entry is read from (``SELECT``), and the SceneInfo field (or bound) of each.
+SELECT_COLUMNS = ("geom", *_NAMES)
+SELECT = ", ".join("ifnull(size_bytes, 0)" if n == "size_bytes" else n for n in SELECT_COLUMNS)
+_ROW_FIELDS = tuple(_FIELD_OF_COLUMN.get(n, n) for n in SELECT_COLUMNS)
+_COLUMN_LIST = ", ".join(["geom", *_NAMES])
+_INSERT = f"INSERT INTO scenes ({_COLUMN_LIST}) VALUES ({', '.join('?' * (len(_NAMES) + 1))})"
 
 
 def new_snapshot() -> sqlite3.Connection:
@@ -147,30 +156,9 @@ def row_of(info: SceneInfo) -> tuple[Any, ...]:
     )
 
 
-def info_of_row(row: Sequence[Any], *, with_geometry: bool = False) -> SceneInfo:
-    (geom, ident, item, coll, prov, tile, when, cloud, base, bands, band_bytes, size, ingested,
-     damaged, min_x, min_y, max_x, max_y, stamp) = row  # fmt: skip
-    return scene_info_of(
-        {
-            "identifier": ident,
-            "bands": tuple(bands.strip(",").split(",")) if bands and bands != ",," else (),
-            "size_bytes": int(size or 0),
-            "datetime": when,
-            "tile": tile,
-            "cloud_cover": cloud,
-            "attrs": {},
-            "damaged": tuple(json.loads(damaged)) if damaged and damaged != "[]" else (),
-            "item_id": item,
-            "collection": coll,
-            "provider": prov,
-            "processing_baseline": base,
-            "band_bytes": Deferred(json.loads, band_bytes) if band_bytes else None,
-            "ingested_at": ingested,
-            "bbox": None if min_x is None else (min_x, min_y, max_x, max_y),
-            "geometry": Deferred(geojson_of_gpkg, geom) if with_geometry and geom else None,
-            "stamp": stamp,
-        }
-    )
+def info_of_row(row: Sequence[Any]) -> SceneInfo:
+    """A row of ``SELECT {SELECT}`` as an entry (its text and geometry decoded when read)."""
+    return stored_scene_info(zip(_ROW_FIELDS, row, strict=True))
 
 
 def upsert(conn: sqlite3.Connection, identifier: str, info: SceneInfo | None) -> None:
@@ -229,80 +217,13 @@ def load_snapshot(payload: bytes) -> tuple[sqlite3.Connection, set[str]]:
     return conn, folded
 
 
-# -- GeoPackage geometry: the "GP" header, an envelope, then ISO WKB ---------------------------
-
-
-def gpkg_geometry(geometry: dict[str, Any] | None, bbox: Sequence[float] | None) -> bytes | None:
-    if geometry is None or bbox is None:
-        return None
-    polygons = (
-        [geometry["coordinates"]]
-        if geometry["type"] == "Polygon"
-        else list(geometry["coordinates"])
-    )
-    west, south, east, north = bbox
-    # Version 0, flags: little endian (bit 0), envelope [minx, maxx, miny, maxy] (bits 1-3 = 1).
-    header = b"GP" + bytes([0, 0b0000_0011]) + struct.pack("<i4d", 4326, west, east, south, north)
-    return header + _wkb(polygons, multi=geometry["type"] == "MultiPolygon")
-
-
-def _wkb(polygons: list[Any], *, multi: bool) -> bytes:
-    def polygon(rings: list[Any]) -> bytes:
-        out = [struct.pack("<BII", 1, 3, len(rings))]
-        for ring in rings:
-            out.append(struct.pack("<I", len(ring)))
-            out.extend(struct.pack("<2d", float(p[0]), float(p[1])) for p in ring)
-        return b"".join(out)
-
-    if not multi:
-        return polygon(polygons[0])
-    return struct.pack("<BII", 1, 6, len(polygons)) + b"".join(polygon(p) for p in polygons)
-
-
-def geojson_of_gpkg(blob: bytes) -> dict[str, Any] | None:
-    flags = blob[3]
-    envelope = (0, 32, 48, 48, 64)[(flags >> 1) & 0b111]
-    data, pos = blob[8 + envelope :], 0
-
-    def read(fmt: str) -> tuple[Any, ...]:
-        nonlocal pos
-        values = struct.unpack_from("<" + fmt, data, pos)
-        pos += struct.calcsize("<" + fmt)
-        return values
-
-    def polygon() -> list[Any]:
-        read("B")
-        (_, rings) = read("II")
-        out = []
-        for _ in range(rings):
-            (count,) = read("I")
-            flat = read(f"{2 * count}d")  # one unpack a ring: searches decode thousands
-            out.append([[flat[i], flat[i + 1]] for i in range(0, 2 * count, 2)])
-        return out
-
-    _, kind = struct.unpack_from("<BI", data, 0)
-    if kind == 3:
-        return {"type": "Polygon", "coordinates": polygon()}
-    if kind == 6:
-        read("B")
-        (_, count) = read("II")
-        return {"type": "MultiPolygon", "coordinates": [polygon() for _ in range(count)]}
-    return None
-
-
-def wkb_of(blob: bytes) -> bytes:
-    """The ISO WKB inside a GeoPackage geometry this module wrote."""
-    return bytes(blob[WKB_OFFSET:])
-
-
 __all__ = [
     "FORMAT_VERSION",
     "SELECT",
-    "geojson_of_gpkg",
+    "SELECT_COLUMNS",
     "info_of_row",
     "load_snapshot",
     "new_snapshot",
     "snapshot_bytes",
     "upsert",
-    "wkb_of",
 ]
