@@ -33,6 +33,7 @@ the index (``SCENESTORE_INDEX=off``, or the previous release) shows its old band
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -386,7 +387,7 @@ class StoreIndex:
     def scenes(self) -> list[SceneInfo]:
         """Every indexed scene, sorted by identifier."""
         rows = self._conn.execute(f"SELECT {SELECT} FROM scenes ORDER BY identifier").fetchall()
-        return [info_of_row(row) for row in rows]
+        return _entries_of(rows)
 
     def get(self, identifier: str) -> SceneInfo | None:
         """One scene's entry (with its footprint), or None if the index has none."""
@@ -440,11 +441,28 @@ class StoreIndex:
         rows.sort(key=_sensed_then_identifier)
         if query.geometry is not None and rows:
             rows = _intersecting(rows, query.geometry)
-        return [info_of_row(row) for row in rows]
+        return _entries_of(rows)
 
     def snapshot_bytes(self) -> bytes:
         """The index as one GeoPackage file's bytes (journal folded in)."""
         return snapshot_bytes(self._conn, ())
+
+
+def _entries_of(rows: list[Any]) -> list[SceneInfo]:
+    """Index rows as entries, the cyclic garbage collector paused meanwhile.
+
+    Entries hold no reference cycles, and building thousands of them would otherwise run a
+    collection of the caller's whole heap every few searches (a 4,000-hit search over 50,000
+    scenes: its slowest runs took twice the median with the collector running).
+    """
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        return [info_of_row(row) for row in rows]
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _sensed_then_identifier(row: Sequence[Any]) -> tuple[str, str]:
