@@ -135,6 +135,16 @@ def test_an_index_written_before_the_search_indexes_gains_them_on_read():
     found = StoreIndex(None, loaded).search(q)  # type: ignore[arg-type]
     assert [f.identifier for f in found] == [i.identifier for i in entries if matches(i, q)]
     assert found
+    # another tool adds a row without the R*Tree: the next read rebuilds it, not trusts it
+    loaded.execute(
+        "INSERT INTO scenes (identifier, datetime, bands, min_x, min_y, max_x, max_y) "
+        "VALUES ('es-l2a_S2B_T33UVP_99999_L2A', '2023-01-02T10:00:00Z', ',B02,', "
+        "-4, 50.3, -3, 50.35)"
+    )
+    again, _ = load_snapshot(snapshot_bytes(loaded, ()))
+    area = IndexQuery(bbox=(-3.6, 50.31, -3.5, 50.32))
+    hits = StoreIndex(None, again).search(area)  # type: ignore[arg-type]
+    assert "es-l2a_S2B_T33UVP_99999_L2A" in {h.identifier for h in hits}
 
 
 def test_index_entries_decode_on_read_and_compare_pickle_like_plain_ones():

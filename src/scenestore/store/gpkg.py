@@ -4,8 +4,10 @@ Table ``scenes``: a footprint polygon (EPSG:4326, GeoPackage geometry: the ``GP`
 envelope, then ISO WKB), identifier, source item id, collection, provider profile, MGRS tile,
 sensing time (UTC), cloud cover, processing baseline, committed bands and each one's bytes, scene
 bytes, ingest time. Table ``scenestore_index`` holds the format version and the journal entries
-folded in. QGIS, GDAL/OGR, geopandas (``read_file(path, layer="scenes")``), DuckDB and pandas
-(``read_sql`` over :mod:`sqlite3`) read it. Snapshots are built in memory and stored whole.
+folded in. Searches use ``scenestore_bounds``, an R*Tree of the bounds (see
+:data:`_SEARCH_INDEXES`), and B-trees on sensing time and tile. QGIS, GDAL/OGR, geopandas
+(``read_file(path, layer="scenes")``), DuckDB and pandas (``read_sql`` over :mod:`sqlite3`)
+read it. Snapshots are built in memory and stored whole.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ _FIELD_OF_COLUMN = {
 SELECT_COLUMNS = ("geom", *_NAMES)
 SELECT = ", ".join("ifnull(size_bytes, 0)" if n == "size_bytes" else n for n in SELECT_COLUMNS)
 _ROW_FIELDS = tuple(_FIELD_OF_COLUMN.get(n, n) for n in SELECT_COLUMNS)
-_COLUMN_LIST = ", ".join(["geom", *_NAMES])
-_INSERT = f"INSERT INTO scenes ({_COLUMN_LIST}) VALUES ({', '.join('?' * (len(_NAMES) + 1))})"
+_INSERT = (
+    f"INSERT INTO scenes ({', '.join(SELECT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(SELECT_COLUMNS))})"
+)
 
 
 def new_snapshot() -> sqlite3.Connection:
@@ -116,12 +120,16 @@ _SEARCH_INDEXES = """
 
 
 def _ensure_search_indexes(conn: sqlite3.Connection) -> None:
-    """Add the search indexes to a snapshot written before they were (built once, then kept)."""
-    has_bounds = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE name = 'scenestore_bounds'"
-    ).fetchone()
+    """Give a snapshot its search indexes, and its R*Tree one row for each scene with bounds.
+
+    A snapshot written before the indexes existed gets them; one whose R*Tree another tool has
+    let fall out of step (rows added or deleted without it) gets it rebuilt, not trusted.
+    """
     conn.executescript(_SEARCH_INDEXES)
-    if not has_bounds:
+    (indexed,) = conn.execute("SELECT count(*) FROM scenestore_bounds").fetchone()
+    (bounded,) = conn.execute("SELECT count(*) FROM scenes WHERE min_x IS NOT NULL").fetchone()
+    if indexed != bounded:
+        conn.execute("DELETE FROM scenestore_bounds")
         conn.execute(
             "INSERT INTO scenestore_bounds SELECT fid, min_x, max_x, min_y, max_y FROM scenes "
             "WHERE min_x IS NOT NULL"
