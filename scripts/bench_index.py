@@ -509,7 +509,6 @@ def variant_ingest(items: list[dict], store: Path) -> dict[str, Any]:
         "upkeep_s": spent["upkeep"],
         "footprint_s": spent["footprint"],
         "upkeep_cpu_s": spent["upkeep_cpu"],
-        "footprint_cpu_s": spent["footprint_cpu"],
     }
 
 

@@ -229,8 +229,7 @@ def _entry_of_doc(doc: dict[str, Any]) -> SceneInfo | None:
     doc["damaged"] = tuple(doc.get("damaged", ()))
     if doc.get("bbox") is not None:
         doc["bbox"] = tuple(doc["bbox"])
-    known = SceneInfo.__dataclass_fields__
-    return SceneInfo(**{k: v for k, v in doc.items() if k in known})
+    return SceneInfo(**{k: v for k, v in doc.items() if k in SCENE_INFO_FIELDS})
 
 
 def _append(client: StoreClient, identifier: str, info: SceneInfo | None) -> None:
