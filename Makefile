@@ -7,12 +7,15 @@
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 export UV_PYTHON_DOWNLOADS := never
+# Bytecode is compiled at install (~20 s once), not at every process start: where
+# PYTHONDONTWRITEBYTECODE is set (containers, CI images) Python never caches it, and each
+# command, flow run and worker recompiled prefect and its stack from source (~2 s a start).
 
 .PHONY: setup browser demo up test bench lint clean
 
 .venv/.synced: pyproject.toml world/pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet 'uv>=0.5'
-	$(UV) sync --frozen --all-extras --python $(PYTHON)
+	$(UV) sync --frozen --all-extras --compile-bytecode --python $(PYTHON)
 	@touch $@
 
 setup: .venv/.synced

@@ -20,7 +20,9 @@ Either way windows start in date order, and every window is its own flow run, na
 whose scenes are all stored are skipped before any run starts: one search over the whole range
 and one bulk missing-band check, each scene counted in the window of its sensing day. The
 backfill run keeps two artifacts current: a table of the windows (``backfill-windows``) and its
-progress (``backfill-progress``).
+progress (``backfill-progress``). In subflows mode it also shows the quicklooks of every window's
+stored scenes in one ``backfill-quicklooks`` artifact, rendered while the next window runs; the
+window runs make none of their own (in deployments mode each window run makes its own).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from flows.params import (
     RunOptions,
     StoreSpec,
 )
+from flows.quicklooks import QUICKLOOK_SINK, QuicklookCollector
 from flows.report import PARENT_SHOWS_PROGRESS, crash_hook
 from flows.tasks import check_scenes
 from flows.windows import DateWindow, WindowUnit, split_windows
@@ -293,7 +296,13 @@ def backfill(
                 "deployment %s is not used in subflows mode; set mode to deployments to start "
                 "the windows as its runs on workers", deployment,
             )
-        _run_subflows(todo, params, board, max_in_flight=in_flight)
+        # One quicklook artifact for the backfill, rendered while the next window runs.
+        looks = QuicklookCollector(spec) if options.quicklooks else None
+        try:
+            _run_subflows(todo, params, board, max_in_flight=in_flight, quicklooks=looks)
+        finally:
+            if looks is not None:
+                looks.publish(label=f"{start}..{end}")
     board.finish()
     return _final(outcomes, logger, failed_hint="retry the failed window runs alone")
 
@@ -409,6 +418,7 @@ def _run_subflows(
     board: WindowBoard,
     *,
     max_in_flight: int,
+    quicklooks: QuicklookCollector | None = None,
 ) -> None:
     """Run each window as an ``ingest`` subflow of this run, ``max_in_flight`` at a time.
 
@@ -418,7 +428,8 @@ def _run_subflows(
     wait for the second or so of bookkeeping Prefect does after the state is set (joining
     the run's heartbeat thread). Each runs in a thread with a copy of this run's context, so
     Prefect records it as a subflow of this run; a window's failure ends up in its state and
-    never stops the others.
+    never stops the others. With ``quicklooks``, the windows hand their stored scenes to it
+    instead of each making a quicklook artifact.
     """
     logger = get_run_logger()
     wake = threading.Condition()
@@ -426,6 +437,8 @@ def _run_subflows(
     def run_window(outcome: WindowOutcome, signals: _WindowSignals) -> WindowOutcome:
         _WINDOW_SIGNALS.set(signals)  # in this thread's copy of the context only
         PARENT_SHOWS_PROGRESS.set(True)  # the window table and progress cover this run
+        if quicklooks is not None:
+            QUICKLOOK_SINK.set(quicklooks.add)
         outcome.status = "running"
         try:
             state = _window_ingest(**params[outcome.window], return_state=True)

@@ -10,12 +10,19 @@ files, wherever the store is) and the PNG's path or URL. Only the first :data:`M
 images are embedded, to keep the artifact small; the others are listed by path or URL. A
 scene whose quicklook cannot be made (the run did not store B04, B03 and B02) is listed with
 the reason; it never fails the run.
+
+A backfill in subflows mode shows the quicklooks of all its windows in one
+``backfill-quicklooks`` artifact instead (:class:`QuicklookCollector`): each window hands its
+stored scenes to the backfill through :data:`QUICKLOOK_SINK`, and the backfill renders them in
+a background thread while the next window runs, off the windows' critical path.
 """
 
 from __future__ import annotations
 
 import base64
-from concurrent.futures import ThreadPoolExecutor
+import contextvars
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from prefect import get_run_logger, task
@@ -105,10 +112,18 @@ def quicklook_markdown(looks: list[RenderedQuicklook], *, label: str) -> str:
 def publish_quicklooks(identifiers: list[str], spec: StoreSpec, *, label: str) -> str | None:
     """Render the quicklooks of the stored scenes and create the ``ingest-quicklooks`` artifact.
 
-    Call inside a flow run. Returns the artifact id, or None when the run's bands lack RGB.
+    Call inside a flow run. Inside a backfill window (:data:`QUICKLOOK_SINK` set) the scenes
+    go to the backfill's one artifact instead, and this returns None.
+
+    Returns:
+        The artifact id, or None when the run's bands lack RGB or the backfill shows them.
     """
     if not set(RGB_BANDS) <= set(spec.bands):
         get_run_logger().info("No quicklooks: the run stores no %s", ",".join(RGB_BANDS))
+        return None
+    sink = QUICKLOOK_SINK.get()
+    if sink is not None:
+        sink(identifiers)
         return None
     looks: list[RenderedQuicklook] = []
     if identifiers:
@@ -118,17 +133,63 @@ def publish_quicklooks(identifiers: list[str], spec: StoreSpec, *, label: str) -
         else:  # cannot happen short of a bug; it costs the pictures, never the run
             note = redact(str(state.message))
             looks = [RenderedQuicklook(identifier, note=note) for identifier in identifiers]
+    return _artifact(looks, label=label, key="ingest-quicklooks")
+
+
+def _artifact(looks: list[RenderedQuicklook], *, label: str, key: str) -> str:
     artifact = create_markdown_artifact(
         markdown=quicklook_markdown(looks, label=label),
-        key="ingest-quicklooks",
+        key=key,
         description=f"True-colour quicklooks of the {len(looks)} scenes stored in {label}",
     )
     return str(artifact)
 
 
+#: Set in a backfill window's thread (its copy of the context only): where the window hands
+#: the identifiers of its stored scenes instead of making its own quicklook artifact.
+QUICKLOOK_SINK: contextvars.ContextVar[Callable[[list[str]], None] | None] = (
+    contextvars.ContextVar("quicklook_sink", default=None)
+)
+
+
+class QuicklookCollector:
+    """A backfill's quicklooks: rendered as its windows store scenes, published once.
+
+    :meth:`add` (the :data:`QUICKLOOK_SINK` of every window) queues a window's scenes on one
+    background thread, so the rendering overlaps the next window instead of lengthening
+    each; :meth:`publish` waits for them and creates the ``backfill-quicklooks`` artifact,
+    scenes in the order their windows handed them over. Rendering never raises
+    (:func:`render_quicklook`), so neither does a window's hand-over.
+    """
+
+    def __init__(self, spec: StoreSpec) -> None:
+        self.spec = spec
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="quicklook")
+        self._looks: list[Future[RenderedQuicklook]] = []
+
+    def add(self, identifiers: list[str]) -> None:
+        """Queue the quicklooks of a window's stored scenes."""
+        self._looks += [self._pool.submit(render_quicklook, ident, self.spec)
+                        for ident in identifiers]
+
+    def publish(self, *, label: str) -> str | None:
+        """Wait for the queued quicklooks and create the artifact (call in the flow run).
+
+        Returns:
+            The artifact id, or None when no window handed over a scene.
+        """
+        self._pool.shutdown(wait=True)
+        if not self._looks:
+            return None
+        return _artifact([f.result() for f in self._looks], label=label,
+                         key="backfill-quicklooks")
+
+
 __all__ = [
     "ARTIFACT_SIZE",
     "MAX_EMBEDDED",
+    "QUICKLOOK_SINK",
+    "QuicklookCollector",
     "RenderedQuicklook",
     "publish_quicklooks",
     "quicklook_markdown",

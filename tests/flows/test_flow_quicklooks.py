@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import re
+from datetime import date
 
 import pytest
-from flow_helpers import artifacts, task_runs
+from flow_helpers import WORLD_BBOX, artifacts, task_runs
+from flows.backfill import backfill
 from flows.ingest import ingest
 from flows.quicklooks import MAX_EMBEDDED, RenderedQuicklook, quicklook_markdown
+from test_flow_backfill import child_runs
 
 from scenestore.store import open_store
 from scenestore.store.layout import quicklook_key
@@ -89,3 +92,24 @@ def test_markdown_embeds_a_bounded_number_and_explains_the_missing():
     assert text.startswith("# Quicklooks of the scenes stored in 2024-06-01..2024-06-30")
     assert len(IMAGE.findall(text)) == MAX_EMBEDDED
     assert "File: `/q/s13.png`" in text and "No quicklook: Scene 'norgb' lacks bands" in text
+
+
+def test_a_backfill_shows_every_windows_quicklooks_in_one_artifact(world, store):
+    state = backfill(store=str(store), start=date(2024, 6, 1), end=date(2024, 6, 14),
+                     bbox=WORLD_BBOX, bands=["B02", "B03", "B04"], stac_url=world.stac_url,
+                     window_unit="week", return_state=True)
+
+    assert state.is_completed(), state.message
+    (art,) = [a for a in artifacts(state.state_details.flow_run_id) if a.type == "markdown"]
+    assert art.key == "backfill-quicklooks"
+    # Every scene of both windows, window by window in date order, each embedded and kept
+    # in the store.
+    names = re.findall(r"^## (\S+)$", art.data, flags=re.MULTILINE)
+    days = [name.split("_")[3] for name in names]
+    assert len(names) == 4 and max(days[:3]) < "20240608" <= days[3], names
+    assert len(IMAGE.findall(art.data)) == 4
+    assert all(quicklook_path(store, name).exists() for name in names)
+    # The windows make none of their own (the backfill run shows them).
+    windows = child_runs(state)
+    assert len(windows) == 2
+    assert not [a for w in windows for a in artifacts(w.id) if a.type == "markdown"]
