@@ -67,6 +67,7 @@ from flows.quicklooks import QUICKLOOK_SINK, QuicklookCollector
 from flows.report import PARENT_SHOWS_PROGRESS, crash_hook
 from flows.tasks import check_scenes
 from flows.windows import DateWindow, WindowUnit, split_windows
+from scenestore._lazy import PIXEL_STACK, import_in_background
 from scenestore.aoi import sensing_day
 from scenestore.errors import InvalidRequestError
 from scenestore.redact import redact
@@ -271,6 +272,8 @@ def backfill(
         return Failed(message=f"Invalid backfill parameters: {err}", data=err)
     spec = request.store_spec()
     spec.manager().check_writable()
+    if mode == "subflows":  # the windows read pixels here: load them while the search waits
+        import_in_background(*PIXEL_STACK)
     logger.info("Backfill %s..%s as %d windows (%s)", start, end, len(windows), mode)
     outcomes = [WindowOutcome(w, "pending") for w in windows]
     board = WindowBoard(outcomes, f"{start}..{end}")

@@ -72,6 +72,7 @@ from flows.tasks import (
     search,
     store_scene,
 )
+from scenestore._lazy import PIXEL_STACK, import_in_background
 from scenestore.bands import ALL_BANDS
 from scenestore.idlist import IdEntry, unique
 from scenestore.idlist import item_ids as map_item_ids
@@ -195,6 +196,7 @@ def ingest(
     if offline:
         return ingest_offline(request, spec, label=label, queries=queries)
     spec.manager().check_writable()  # before any search or download: fail fast on a bad store
+    import_in_background(*PIXEL_STACK)  # while the search waits on the network
     logger.info(
         "Ingest %s of %s bands %s from %s into %s",
         label, request.bbox or ("the AOI" if request.aoi else [q for q, _ in queries] or "ids"),

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pystac
-import xarray as xr
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.client.schemas.objects import TaskRun
@@ -32,6 +31,9 @@ from scenestore.manager import IngestResult
 from scenestore.network import DEFAULT_BACKOFF_S, DEFAULT_JITTER, DEFAULT_RETRIES
 from scenestore.plan import ScenePlan, plan_ingest
 from scenestore.search import SceneQuery, fetch_items, search_scenes
+
+if TYPE_CHECKING:  # xarray (and pandas) load with the pixel stack, in the background
+    import xarray as xr
 
 #: Retry defaults unless a run asks otherwise (RunOptions): the library's and the CLI's, one place.
 DEFAULT_BACKOFF_SECONDS = DEFAULT_BACKOFF_S

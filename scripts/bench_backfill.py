@@ -10,14 +10,18 @@ tiles; the box covers part of one tile, so a third of them match):
              ``--mode deployments`` also creates the work pool, deploys deployments/ and starts a
              worker, and each window is a run of ``ingest/on-demand`` on that worker.
 
-Each writes into a fresh store. Printed side by side: wall time of each process (imports
-included), the time of the work itself (the search and downloads, or the flow call), and the
-Prefect API calls the backfill process made (HTTP requests to the API, counted in the process;
-with ``--mode deployments`` the worker's and the window runs' own calls are not included).
-"run reads" are its reads of flow runs: the polls in deployments mode (in subflows mode,
-Prefect's own look-up of each subflow run). The last line is one JSON object with the figures.
+Each writes into a fresh store. With ``--pairs N`` (default 3) the two run alternately N times
+(ingest, backfill, ingest, backfill...; each backfill on a server of its own), and the ratio
+given is the median of the pairs' ratios: the speed of a shared machine drifts by 20 % within
+minutes, more than one pair of runs can tell apart. Printed side by side: wall time of each
+process (imports included), the time of the work itself (the search and downloads, or the flow
+call), and the Prefect API calls the backfill process made (HTTP requests to the API, counted
+in the process; with ``--mode deployments`` the worker's and the window runs' own calls are not
+included). "run reads" are its reads of flow runs: the polls in deployments mode (in subflows
+mode, Prefect's own look-up of each subflow run). The last line is one JSON object with the figures.
 
     uv run --frozen python scripts/bench_backfill.py                  # subflows (default)
+    uv run --frozen python scripts/bench_backfill.py --pairs 5        # median of 5 pairs
     uv run --frozen python scripts/bench_backfill.py --mode deployments
     uv run --frozen python scripts/bench_backfill.py --windows-in-flight 2   # vs the default 1
     uv run --frozen python scripts/bench_backfill.py --options '{"quicklooks": false}'
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -224,6 +229,8 @@ def main() -> None:
                         help="the backfill's max_windows_in_flight (the flow's default if unset)")
     parser.add_argument("--options", metavar="JSON",
                         help='the backfill\'s run options, e.g. \'{"quicklooks": false}\'')
+    parser.add_argument("--pairs", type=int, default=3, metavar="N",
+                        help="ingest/backfill pairs run alternately; the median ratio is given")
     parser.add_argument("--profile", metavar="FILE",
                         help="also sample every thread's stack in the backfill process every "
                              "5 ms and write the hottest functions and stacks to FILE")
@@ -250,28 +257,46 @@ def main() -> None:
         bbox = small_box(world)
         last = START + timedelta(days=3 * (SCENES - 1))
         print(f"Range {START}..{END} (scenes to {last}), box {bbox}, bands {','.join(BANDS)}")
-        ingest = run_ingest(world, bbox, tmp / "ingest-store")
-        (tmp / "prefect").mkdir()
-        backfill = run_backfill(world, bbox, tmp / "backfill-store", args.mode, tmp / "prefect",
-                                args.profile, args.windows_in_flight, args.options)
-        scenes = {name: stored_scenes(tmp / f"{name}-store") for name in ("ingest", "backfill")}
-    if scenes["ingest"] != scenes["backfill"] or not scenes["ingest"]:
-        raise SystemExit(f"the two stores differ: {scenes}")
-    ratio = backfill["wall_s"] / ingest["wall_s"]
-    print(f"\n{'':<26}{'wall s':>9}{'flow s':>9}{'API calls':>11}{'run reads':>11}")
-    print(f"{'scenestore ingest':<26}{ingest['wall_s']:>9.1f}{'':>9}{'-':>11}{'-':>11}")
-    print(f"{'backfill (' + args.mode + ')':<26}{backfill['wall_s']:>9.1f}"
-          f"{backfill['flow_s']:>9.1f}{backfill['api_calls']:>11}{backfill['run_reads']:>11}")
+        pairs = []
+        for n in range(max(1, args.pairs)):
+            run = tmp / f"pair-{n}"
+            (run / "prefect").mkdir(parents=True)
+            ingest = run_ingest(world, bbox, run / "ingest-store")
+            backfill = run_backfill(world, bbox, run / "backfill-store", args.mode,
+                                    run / "prefect", args.profile, args.windows_in_flight,
+                                    args.options)
+            scenes = {name: stored_scenes(run / f"{name}-store") for name in ("ingest", "backfill")}
+            if scenes["ingest"] != scenes["backfill"] or not scenes["ingest"]:
+                raise SystemExit(f"the two stores differ: {scenes}")
+            pairs.append((ingest, backfill))
+            print(f"pair {n + 1}: ingest {ingest['wall_s']:.1f} s, backfill "
+                  f"{backfill['wall_s']:.1f} s (flow {backfill['flow_s']:.1f} s): "
+                  f"{backfill['wall_s'] / ingest['wall_s']:.2f}x", flush=True)
+    ratios = sorted(b["wall_s"] / i["wall_s"] for i, b in pairs)
+    ratio = statistics.median(ratios)
+    ingest, backfill = pairs[-1]
+    med = {key: statistics.median(b[key] for _, b in pairs)
+           for key in ("wall_s", "flow_s", "api_calls", "run_reads")}
+    ingest_wall = statistics.median(i["wall_s"] for i, _ in pairs)
+    print(f"\nmedians of {len(pairs)} pairs{'':<8}{'wall s':>9}{'flow s':>9}{'API calls':>11}"
+          f"{'run reads':>11}")
+    print(f"{'scenestore ingest':<26}{ingest_wall:>9.1f}{'':>9}{'-':>11}{'-':>11}")
+    print(f"{'backfill (' + args.mode + ')':<26}{med['wall_s']:>9.1f}"
+          f"{med['flow_s']:>9.1f}{med['api_calls']:>11.0f}{med['run_reads']:>11.0f}")
     print(f"\n{scenes['ingest']} scenes stored by each, {backfill['windows']} windows; "
-          f"backfill / ingest: {ratio:.2f}x (target: 2x or less)")
-    print(f"API calls by endpoint: {backfill['calls_by_endpoint']}")
+          f"backfill / ingest: {ratio:.2f}x, median of {', '.join(f'{r:.2f}' for r in ratios)}"
+          " (target: 2x or less)")
+    print(f"API calls by endpoint (last pair): {backfill['calls_by_endpoint']}")
     print(json.dumps({
         "mode": args.mode, "scenes": scenes["ingest"], "windows": backfill["windows"],
-        "ingest_wall_s": round(ingest["wall_s"], 2),
-        "backfill_wall_s": round(backfill["wall_s"], 2),
-        "backfill_flow_s": round(backfill["flow_s"], 2),
+        "pairs": len(pairs),
+        "ingest_wall_s": round(ingest_wall, 2),
+        "backfill_wall_s": round(med["wall_s"], 2),
+        "backfill_flow_s": round(med["flow_s"], 2),
         "backfill_vs_ingest": round(ratio, 2),
-        "backfill_api_calls": backfill["api_calls"], "backfill_run_reads": backfill["run_reads"],
+        "backfill_vs_ingest_each": [round(r, 2) for r in ratios],
+        "backfill_api_calls": round(med["api_calls"]),
+        "backfill_run_reads": round(med["run_reads"]),
     }))
 
 

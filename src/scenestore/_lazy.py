@@ -7,8 +7,10 @@ child process start in a fraction of the time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,3 +37,26 @@ def lazy_exports(
         return sorted([*vars(sys.modules[package]), *exports])
 
     return __getattr__, __dir__
+
+
+def import_in_background(*modules: str) -> threading.Thread:
+    """Start importing ``modules`` in a daemon thread; join it before relying on them.
+
+    For a start that waits on the network anyway (a search, a Prefect run being created):
+    the pixel stack (odc-stac, rasterio, dask, ~0.5 s of one core) loads meanwhile instead of
+    at the first scene. An import that fails here is ignored: the caller's own import
+    raises the same error where it matters.
+    """
+
+    def load() -> None:
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=load, name="scenestore-imports", daemon=True)
+    thread.start()
+    return thread
+
+
+#: What the first scene download imports (:meth:`scenestore.stac.StacStoreManager.download_native`).
+PIXEL_STACK = ("rasterio", "dask.array", "odc.stac")

@@ -8,12 +8,10 @@ scene that fails during ingest is listed in the summary and makes the exit code 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -27,6 +25,7 @@ from rich.table import Table
 from typer._click import exceptions as click_errors  # typer vendors click since 0.2x
 from typer.core import TyperGroup
 
+from scenestore._lazy import import_in_background
 from scenestore.bands import ALL_BANDS, normalize_bands
 from scenestore.cli_options import StoreOpt, _store_location  # the parser of --store
 from scenestore.errors import (
@@ -435,7 +434,7 @@ def ingest(
     # background during the search instead of sharing the interpreter with them.
     importlib.import_module("scenestore.throttle")
     importlib.import_module("pystac_client")
-    warming = _import_in_background("scenestore.stac", "scenestore.ingest")
+    warming = import_in_background("scenestore.stac", "scenestore.ingest")
     started = time.perf_counter()
     if query is not None:
         items = _search_with_retries(query, stac_url=source_url, profile=chosen, retries=retries)
@@ -486,22 +485,6 @@ def ingest(
         )
     if any(r.error for r in results) or not_found:
         raise typer.Exit(EXIT_SCENE_FAILED)
-
-
-def _import_in_background(*modules: str) -> threading.Thread:
-    """Start importing ``modules`` in a daemon thread; join it before using them.
-
-    An import that fails here is ignored: the caller's own import raises the same error.
-    """
-
-    def load() -> None:
-        for name in modules:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
-
-    thread = threading.Thread(target=load, name="scenestore-imports", daemon=True)
-    thread.start()
-    return thread
 
 
 def _id_entries(ids: list[str] | None, ids_files: list[Path] | None) -> list[IdEntry]:

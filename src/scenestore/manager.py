@@ -26,14 +26,15 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
-
-import xarray as xr
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from scenestore.errors import InvalidRequestError, StoreRequiredError
 from scenestore.store import SceneStore, open_store
 from scenestore.store.arrays import align_chunks, band_names, fit_encodings
 from scenestore.store.scenes import LOCK_TIMEOUT_S
+
+if TYPE_CHECKING:  # annotations only: xarray loads with the pixel stack
+    import xarray as xr
 
 logger = logging.getLogger(__name__)
 
