@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -166,11 +167,13 @@ class QuicklookCollector:
         self.spec = spec
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="quicklook")
         self._looks: list[Future[RenderedQuicklook]] = []
+        self._lock = threading.Lock()  # windows in flight together hand over at once
 
     def add(self, identifiers: list[str]) -> None:
         """Queue the quicklooks of a window's stored scenes."""
-        self._looks += [self._pool.submit(render_quicklook, ident, self.spec)
-                        for ident in identifiers]
+        with self._lock:
+            self._looks += [self._pool.submit(render_quicklook, ident, self.spec)
+                            for ident in identifiers]
 
     def publish(self, *, label: str) -> str | None:
         """Wait for the queued quicklooks and create the artifact (call in the flow run).
