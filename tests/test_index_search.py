@@ -15,7 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scenestore.store.entries import IndexQuery, SceneInfo
-from scenestore.store.gpkg import load_snapshot, new_snapshot, snapshot_bytes, upsert
+from scenestore.store.gpkg import (
+    SELECT_COLUMNS,
+    info_of_row,
+    load_snapshot,
+    new_snapshot,
+    snapshot_bytes,
+    upsert,
+)
 from scenestore.store.index import StoreIndex
 
 TILES = ("33UUP", "33UVP", "32TNS", "06WVC")
@@ -161,3 +168,16 @@ def test_index_entries_decode_on_read_and_compare_pickle_like_plain_ones():
     (entry,) = index_of([bare]).search(IndexQuery())
     assert entry == bare
     assert (entry.bbox, entry.geometry, entry.bands, entry.band_bytes) == (None, None, (), {})
+
+
+def test_empty_or_null_stored_values_read_as_empty_fields():
+    # Another tool editing the GeoPackage may leave text (or the geometry) empty or NULL: the
+    # entry reads as a scene without bands, damage, band bytes or footprint, never a decoding
+    # error. (The bounds are REAL columns: NULL.)
+    for blank in ("", None):
+        values = dict.fromkeys(SELECT_COLUMNS, blank)
+        values.update(identifier="s1", size_bytes=0, geom=b"" if blank == "" else None)
+        values.update(dict.fromkeys(("min_x", "min_y", "max_x", "max_y")))
+        info = info_of_row(tuple(values[c] for c in SELECT_COLUMNS))
+        assert (info.bands, info.damaged, info.band_bytes) == ((), (), {})
+        assert (info.geometry, info.bbox) == (None, None)

@@ -41,9 +41,9 @@ class _StoredAs:
         if obj is None:
             return None  # the dataclass default: ``empty()`` on read
         value = obj.__dict__.get(self.name)
-        if type(value) is self.raw:
+        if type(value) is self.raw and value:
             value = self.decode(value)
-        elif value is None:
+        elif value is None or type(value) is self.raw:  # NULL, or empty text another tool wrote
             value = self.empty()
         else:
             return value
