@@ -18,7 +18,9 @@ Two modes (the ``mode`` parameter):
 Either way windows start in date order, and every window is its own flow run, named
 ``ingest <first day>..<last day>``, that shows in the UI and can be retried alone. Windows
 whose scenes are all stored are skipped before any run starts: one search over the whole range
-and one bulk missing-band check, each scene counted in the window of its sensing day. The
+and one bulk missing-band check, each scene counted in the window of its sensing day. In
+subflows mode that search also gives each window its scenes (``flows.ingest.HANDED_ITEMS``):
+the window runs do not search again. The
 backfill run keeps two artifacts current: a table of the windows (``backfill-windows``) and its
 progress (``backfill-progress``). In subflows mode it also shows the quicklooks of every window's
 stored scenes in one ``backfill-quicklooks`` artifact, rendered while the next window runs; the
@@ -30,6 +32,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -50,7 +53,14 @@ from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
 from pydantic import Field
 
-from flows.ingest import DEFAULT_BANDS, DEFAULT_OPTIONS, find_scenes, ingest
+from flows.ingest import (
+    DEFAULT_BANDS,
+    DEFAULT_OPTIONS,
+    HANDED_ITEMS,
+    find_scenes,
+    ingest,
+    search_key,
+)
 from flows.params import (
     AoiParam,
     BandName,
@@ -277,8 +287,15 @@ def backfill(
     logger.info("Backfill %s..%s as %d windows (%s)", start, end, len(windows), mode)
     outcomes = [WindowOutcome(w, "pending") for w in windows]
     board = WindowBoard(outcomes, f"{start}..{end}")
+    handed: dict[DateWindow, dict[str, list[dict[str, Any]]]] = {}
     if skip_complete_windows:
-        complete = complete_windows(request, windows, spec, options)
+        scan = scan_windows(request, windows, spec, options)
+        complete = scan.complete
+        if scan.items is not None:  # each window takes its scenes from this one search
+            handed = {
+                w: {search_key(request.scene_query(w), spec): found}
+                for w, found in scan.items.items()
+            }
         for outcome in outcomes:
             if outcome.window in complete:
                 logger.info("Window %s: every scene is stored; skipped", outcome.window.label)
@@ -302,7 +319,9 @@ def backfill(
         # One quicklook artifact for the backfill, rendered while the next window runs.
         looks = QuicklookCollector(spec) if options.quicklooks else None
         try:
-            _run_subflows(todo, params, board, max_in_flight=in_flight, quicklooks=looks)
+            _run_subflows(
+                todo, params, board, max_in_flight=in_flight, quicklooks=looks, handed=handed
+            )
         finally:
             if looks is not None:
                 looks.publish(label=f"{start}..{end}")
@@ -310,27 +329,54 @@ def backfill(
     return _final(outcomes, logger, failed_hint="retry the failed window runs alone")
 
 
-def complete_windows(
-    request: IngestRequest, windows: list[DateWindow], spec: StoreSpec, options: RunOptions
-) -> set[DateWindow]:
-    """The windows in which every scene is complete in the store: nothing to run for them.
+@dataclass(frozen=True)
+class WindowScan:
+    """What one search over all the windows and one bulk check tell about each window.
 
-    One (cached) search over all the windows and one bulk check; each scene counts in the
-    window of its UTC sensing day (the day the window's own search matches it on). A window
-    without scenes is complete. A scene without a valid identifier is not: its window runs, so
-    the failure shows in that run. If a scene's day cannot be read, no window is skipped.
+    Attributes:
+        complete: The windows in which every scene is complete in the store.
+        items: Each window's scenes as STAC JSON documents (every window, empty ones too), or
+            None when a scene's sensing day cannot be read (each window then searches alone).
+    """
+
+    complete: set[DateWindow]
+    items: dict[DateWindow, list[dict[str, Any]]] | None
+
+
+def scan_windows(
+    request: IngestRequest, windows: list[DateWindow], spec: StoreSpec, options: RunOptions
+) -> WindowScan:
+    """One (cached) search over all the windows and one bulk check, split by window.
+
+    Each scene counts in the window of its UTC sensing day (the day the window's own search
+    matches it on). A window without scenes is complete. A scene without a valid identifier is
+    not: its window runs, so the failure shows in that run. If a scene's day cannot be read,
+    no window is complete and no window is given its scenes.
     """
     span = DateWindow(windows[0].start, windows[-1].end)
     items = find_scenes(request.scene_query(span), spec, options)
     plans = check_scenes(quote(items), spec)
     complete = set(windows)
+    by_window: dict[DateWindow, list[dict[str, Any]]] = {w: [] for w in windows}
     for item, plan in zip(items, plans, strict=True):
         day = _sensing_day(item)
         if day is None:
-            return set()
-        if not plan.is_complete:
-            complete -= {w for w in windows if w.start <= day <= w.end}
-    return complete
+            return WindowScan(set(), None)
+        for window in (w for w in windows if w.start <= day <= w.end):
+            by_window[window].append(item)
+            if not plan.is_complete:
+                complete.discard(window)
+    return WindowScan(complete, by_window)
+
+
+def complete_windows(
+    request: IngestRequest, windows: list[DateWindow], spec: StoreSpec, options: RunOptions
+) -> set[DateWindow]:
+    """The windows in which every scene is complete in the store: nothing to run for them.
+
+    See :func:`scan_windows`, whose ``complete`` this is.
+    """
+    return scan_windows(request, windows, spec, options).complete
 
 
 def window_is_complete(
@@ -385,6 +431,9 @@ class _WindowSignals:
 _WINDOW_SIGNALS: contextvars.ContextVar[_WindowSignals | None] = contextvars.ContextVar(
     "window_signals", default=None
 )
+#: Window threads beyond those in flight, for windows whose state is final and whose run is
+#: still doing Prefect's end-of-run bookkeeping (subflows mode).
+BOOKKEEPING_THREADS = 4
 #: Longest wait for one window's run to start before the next window is started anyway.
 START_WAIT_SECONDS = 30.0
 
@@ -422,6 +471,7 @@ def _run_subflows(
     *,
     max_in_flight: int,
     quicklooks: QuicklookCollector | None = None,
+    handed: Mapping[DateWindow, Mapping[str, list[dict[str, Any]]]] | None = None,
 ) -> None:
     """Run each window as an ``ingest`` subflow of this run, ``max_in_flight`` at a time.
 
@@ -432,7 +482,9 @@ def _run_subflows(
     the run's heartbeat thread). Each runs in a thread with a copy of this run's context, so
     Prefect records it as a subflow of this run; a window's failure ends up in its state and
     never stops the others. With ``quicklooks``, the windows hand their stored scenes to it
-    instead of each making a quicklook artifact.
+    instead of each making a quicklook artifact. A window in ``handed`` takes its scenes from
+    there (the backfill's own search, by :func:`flows.ingest.search_key`) instead of
+    searching again.
     """
     logger = get_run_logger()
     wake = threading.Condition()
@@ -442,6 +494,8 @@ def _run_subflows(
         PARENT_SHOWS_PROGRESS.set(True)  # the window table and progress cover this run
         if quicklooks is not None:
             QUICKLOOK_SINK.set(quicklooks.add)
+        if handed and outcome.window in handed:
+            HANDED_ITEMS.set(handed[outcome.window])
         outcome.status = "running"
         try:
             state = _window_ingest(**params[outcome.window], return_state=True)
@@ -461,9 +515,12 @@ def _run_subflows(
     running: dict[Future[WindowOutcome], _WindowSignals] = {}
 
     def free_slot() -> bool:
-        # Threads: one per unfinished window, plus those finishing their bookkeeping.
+        # Threads: one per unfinished window, plus those finishing their bookkeeping. A
+        # window of a few small scenes can be over before the previous one's bookkeeping is
+        # (its heartbeat thread's join takes up to a second): a single spare thread made
+        # every such window wait for it.
         unfinal = sum(not s.final.is_set() for s in running.values())
-        return unfinal < max_in_flight and len(running) < 2 * max_in_flight
+        return unfinal < max_in_flight and len(running) < max_in_flight + BOOKKEEPING_THREADS
 
     def collect() -> None:
         for future in [f for f in running if f.done()]:
@@ -473,7 +530,7 @@ def _run_subflows(
             board.changed()
 
     with ThreadPoolExecutor(
-        max_workers=2 * max_in_flight, thread_name_prefix="window"
+        max_workers=max_in_flight + BOOKKEEPING_THREADS, thread_name_prefix="window"
     ) as pool:
         while queue or running:
             while queue and free_slot():
@@ -579,8 +636,10 @@ __all__ = [
     "BackfillMode",
     "WindowBoard",
     "WindowOutcome",
+    "WindowScan",
     "backfill",
     "complete_windows",
+    "scan_windows",
     "window_is_complete",
     "window_parameters",
     "window_run_name",

@@ -12,6 +12,7 @@ run ends Failed naming every scene that lacks bands and every id that is not sto
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -268,6 +269,20 @@ def reference_day() -> date:
     return scheduled.astimezone(UTC).date()
 
 
+#: Set by a backfill in each window's thread (its copy of the context only): the items the
+#: backfill's one search over the whole range found in that window, by :func:`search_key`.
+#: A window whose query, STAC URL and profile are there takes them instead of searching the
+#: same range again; any other query is searched. A window run retried alone searches.
+HANDED_ITEMS: contextvars.ContextVar[Mapping[str, list[dict[str, Any]]] | None] = (
+    contextvars.ContextVar("handed_items", default=None)
+)
+
+
+def search_key(query: SceneQuery, spec: StoreSpec) -> str:
+    """What a search's answer depends on: the canonical query, the STAC URL and the profile."""
+    return f"{spec.profile} {spec.stac_url} {query.to_json()}"
+
+
 def find_scenes(
     query: SceneQuery, spec: StoreSpec, options: RunOptions
 ) -> list[dict[str, Any]]:
@@ -321,7 +336,15 @@ def find_all(
         InvalidRequestError: If an id is the store identifier of another profile's scene.
     """
     search_task = _cached(search, options)
-    if len(queries) == 1:
+    handed = HANDED_ITEMS.get() or {}
+    if len(queries) == 1 and (key := search_key(queries[0][1], spec)) in handed:
+        label = queries[0][0]
+        results = [(label, handed[key])]
+        get_run_logger().info(
+            "%d scenes from the backfill's search of the whole range; not searched again",
+            len(handed[key]),
+        )
+    elif len(queries) == 1:
         label, query = queries[0]
         results = [(label, search_task(query.to_json(), spec.stac_url, spec.profile))]
     else:
@@ -588,6 +611,7 @@ def _collect(
 __all__ = [
     "DEFAULT_BANDS",
     "DEFAULT_OPTIONS",
+    "HANDED_ITEMS",
     "FoundScenes",
     "IngestSummary",
     "ScenesFailedError",
@@ -599,4 +623,5 @@ __all__ = [
     "ingest_scene",
     "reference_day",
     "scene_task_runner",
+    "search_key",
 ]

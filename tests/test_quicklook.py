@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from rasterio.io import MemoryFile
 
 from scenestore import StacStoreManager
 from scenestore.errors import IncompleteSceneError, InvalidRequestError
@@ -15,6 +19,7 @@ from scenestore.store import open_store
 from scenestore.store.layout import scene_path
 from scenestore.store.quicklook import (
     decimation_step,
+    png_bytes,
     render_quicklook,
     stretch_rgba,
 )
@@ -49,6 +54,15 @@ def test_decimation_step_and_stretch():
     flat = 0.15 + np.random.default_rng(0).normal(0, 0.002, (3, 10, 10)).astype(np.float32)
     rgba, (lo, hi) = stretch_rgba(flat, np.ones((10, 10), bool))
     assert hi - lo == pytest.approx(0.1) and rgba[..., :3].max() < 80
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40), st.just(4))))
+def test_png_bytes_decode_to_the_same_pixels_with_gdal(rgba):
+    with MemoryFile(png_bytes(rgba)) as mem, mem.open() as png:
+        assert (png.driver, png.count, png.width, png.height) == (
+            "PNG", 4, rgba.shape[1], rgba.shape[0])
+        assert np.array_equal(np.moveaxis(png.read(), 0, -1), rgba)
 
 
 def test_a_big_scene_is_read_decimated_not_whole(tmp_path):

@@ -61,6 +61,10 @@ def test_backfill_runs_one_ingest_per_window_and_skips_complete_windows(world, h
         {"window": "2024-06-08..2024-06-14", "status": "Completed",
          "flow run": "ingest 2024-06-08..2024-06-14", "scenes": 1, "stored": 1}]
     assert _progress(first) == 100.0
+    # One search for the whole range, in the backfill run: each window takes its scenes from
+    # it (the table's scene counts above are theirs) and checks them, but does not search.
+    assert _task_names(first) == ["check-scenes", "search-scenes"]
+    assert [_task_names(w) for w in windows] == [["check-scenes", "store"]] * 2
     mgr = StacStoreManager(BANDS, store, stac_url=world.stac_url)
     assert all(mgr.complete(mgr.identifier(i)) for i in world.items)
 
@@ -86,6 +90,21 @@ def test_backfill_runs_one_ingest_per_window_and_skips_complete_windows(world, h
     assert third.message.startswith("1 of 2 windows failed: 2024-06-08..2024-06-14 (Failed: ")
     assert mgr.identifier(late) in third.message and "retry the failed window" in third.message
     assert [r.parameters["start"] for r in child_runs(third)] == ["2024-06-08"]
+
+
+def _task_names(run) -> list[str]:
+    """The kinds of a flow run's task runs (its subflows' tracking tasks left out)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    run_id = run.state_details.flow_run_id if hasattr(run, "state_details") else run.id
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+    # Names are "search-scenes-2d5" (a suffix per run) or "store-<item id>".
+    return sorted({"store" if t.name.startswith("store-") else t.name.rsplit("-", 1)[0]
+                   for t in tasks if not t.name.startswith("ingest")})
 
 
 def _table(state, key: str) -> list[dict]:
