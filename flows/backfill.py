@@ -351,22 +351,27 @@ def scan_windows(
     Each scene counts in the window of its UTC sensing day (the day the window's own search
     matches it on). A window without scenes is complete. A scene without a valid identifier is
     not: its window runs, so the failure shows in that run. If a scene's day cannot be read,
-    no window is complete and no window is given its scenes.
+    no window is complete and no window is given its scenes; if a scene's day is in no window
+    (the API matched it on its time range), no window is given its scenes.
     """
     span = DateWindow(windows[0].start, windows[-1].end)
     items = find_scenes(request.scene_query(span), spec, options)
     plans = check_scenes(quote(items), spec)
     complete = set(windows)
     by_window: dict[DateWindow, list[dict[str, Any]]] = {w: [] for w in windows}
+    by_window_ok = True
     for item, plan in zip(items, plans, strict=True):
         day = _sensing_day(item)
         if day is None:
             return WindowScan(set(), None)
-        for window in (w for w in windows if w.start <= day <= w.end):
+        matched = [w for w in windows if w.start <= day <= w.end]
+        if not matched:  # the API matched it on something else: let each window search
+            by_window_ok = False
+        for window in matched:
             by_window[window].append(item)
             if not plan.is_complete:
                 complete.discard(window)
-    return WindowScan(complete, by_window)
+    return WindowScan(complete, by_window if by_window_ok else None)
 
 
 def complete_windows(

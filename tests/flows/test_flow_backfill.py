@@ -133,3 +133,31 @@ def test_window_parameters_are_what_the_ingest_deployment_takes():
     assert set(params) <= set(ingest.parameters.properties)
     assert is_valid(params, ingest.parameters.model_dump())
     assert ingest.validate_parameters(params)["start"] == date(2024, 6, 8)
+
+
+def test_each_window_is_given_the_scenes_of_its_days_or_none_when_one_fits_no_window(
+    monkeypatch,
+):
+    import flows.backfill as bf
+
+    from scenestore.plan import ScenePlan
+
+    def item(item_id: str, when: str) -> dict:
+        return {"id": item_id, "properties": {"datetime": when}}
+
+    june, july = (DateWindow(date(2024, 6, 1), date(2024, 6, 30)),
+                  DateWindow(date(2024, 7, 1), date(2024, 7, 31)))
+    found = [item("a", "2024-06-30T23:59:59Z"), item("b", "2024-07-01T00:00:00Z")]
+    monkeypatch.setattr(bf, "find_scenes", lambda *args: found)
+    monkeypatch.setattr(bf, "check_scenes", lambda quoted, spec: [
+        ScenePlan(i, i["id"], missing=("B04",) if i["id"] == "b" else ())
+        for i in quoted.unquote()])
+    request = IngestRequest.parse(store="/s", bbox=WORLD_BBOX, start=june.start, end=july.end,
+                                  bands=["B04"])
+    scan = bf.scan_windows(request, [june, july], request.store_spec(), RunOptions())
+    assert scan.complete == {june}
+    assert scan.items == {june: [found[0]], july: [found[1]]}
+
+    # A scene whose day is in no window (matched on a time range): each window searches.
+    found.append(item("c", "2024-08-01T10:00:00Z"))
+    assert bf.scan_windows(request, [june, july], request.store_spec(), RunOptions()).items is None
