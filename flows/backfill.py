@@ -336,7 +336,8 @@ class WindowScan:
     Attributes:
         complete: The windows in which every scene is complete in the store.
         items: Each window's scenes as STAC JSON documents (every window, empty ones too), or
-            None when a scene's sensing day cannot be read (each window then searches alone).
+            None when a scene's sensing day cannot be read or is in no window (each window
+            then searches alone).
     """
 
     complete: set[DateWindow]

@@ -241,7 +241,18 @@ def png_bytes(rgba: np.ndarray) -> bytes:
     stalls every ingest thread of a flow run that renders quicklooks while it ingests; zlib
     releases it, and takes about half the time. The files are ~10 % larger than libpng's
     adaptive filtering makes them.
+
+    Args:
+        rgba: The image, rows x columns x 4 (red, green, blue, alpha), uint8.
+
+    Returns:
+        The PNG file's bytes.
+
+    Raises:
+        ValueError: If ``rgba`` is not a rows x columns x 4 uint8 array.
     """
+    if rgba.ndim != 3:
+        raise ValueError(f"expected a rows x cols x 4 uint8 image, got shape {rgba.shape}")
     rows, cols, bands = rgba.shape
     if bands != 4 or rgba.dtype != np.uint8:
         raise ValueError(f"expected a rows x cols x 4 uint8 image, got {rgba.shape} {rgba.dtype}")
