@@ -181,3 +181,47 @@ def test_chunks_fit_the_cog_tiles():
     assert tile_aligned_chunk(10980, [1024, 512]) == 3072
     assert tile_aligned_chunk(1098, [512]) == 1098  # one chunk: one strip, every tile once
     assert tile_aligned_chunk(10980, []) == 1830
+
+
+def _full_resolution_tiles(path: Path) -> list[tuple[int, int]]:
+    """Byte spans of the full-resolution level's tiles of a COG on disk."""
+    spans = []
+    with rasterio.open(path) as src:
+        rows, cols = src.block_shapes[0]
+        for i in range(-(-src.height // rows)):
+            for j in range(-(-src.width // cols)):
+                offset = int(src.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=1))
+                size = int(src.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=1))
+                spans.append((offset, offset + size))
+    return spans
+
+
+def test_every_source_byte_is_fetched_once(world, tmp_path):
+    """An ingest of all 13 bands fetches each full-resolution COG tile once, no overview tile.
+
+    GDAL reads the 4 bytes before a tile (its size) with it, so two strips meeting at a tile
+    row share those; the header read (the first 16 KB) may reach into a tiny COG's tiles,
+    which the strip's one GET fetches again (a few KB of a small scene, none of a full one).
+    """
+    from scenestore.bands import ALL_BANDS
+
+    item = world.items[2]
+    world.http.reset_stats()
+    StacStoreManager(list(ALL_BANDS), tmp_path, stac_url=world.stac_url).download_and_store(item)
+    for band in ALL_BANDS:
+        path = f"{item.id}/{band}.tif"
+        spans = []
+        for record in world.http.requests():
+            if record.path == path and record.range:
+                start, _, end = record.range.removeprefix("bytes=").partition("-")
+                spans.append((int(start), int(end) + 1))
+        header, *reads = sorted(spans)
+        assert header[0] == 0 and reads and reads[0][0] > 0, f"{band}: one header read: {spans}"
+        # GDAL's first 16 KB, not rounded up to a larger piece by another cache layer
+        assert header[1] <= 16384, f"{band}: header read {header}"
+        tiles = _full_resolution_tiles(world.manifest.band_path(item.id, band))
+        first, last = min(s for s, _ in tiles), max(e for _, e in tiles)
+        # from the first tile's size field to the end of the file (its last 4 bytes at most)
+        assert reads[0][0] >= first - 4 and last <= reads[-1][1] <= last + 4, (band, reads)
+        fetched = sum(e - s for s, e in reads)
+        assert fetched <= reads[-1][1] - reads[0][0] + 4 * len(reads), f"{band} twice: {reads}"

@@ -16,7 +16,7 @@ _configured = False
 _lock = threading.Lock()
 
 #: Options tuned for COGs: no sidecar probing on open, merged and multiplexed range requests,
-#: a per-file block cache, and GDAL's own retry of 429/503 answers.
+#: a block cache, and GDAL's own retry of 429/503 answers.
 COG_OPTIONS: dict[str, str | int | float] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
@@ -28,8 +28,16 @@ COG_OPTIONS: dict[str, str | int | float] = {
     "GDAL_HTTP_VERSION": "2",
     "GDAL_HTTP_MAX_RETRY": 5,
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.jp2",
-    "VSI_CACHE": "TRUE",
+    # No VSI_CACHE layer: it rounds every read to 32 KB pieces of its own, so the header read
+    # overlapped the first tiles of a small COG, which the strip's merged GET then fetched
+    # again. /vsicurl/'s own cache keeps the header for the second open.
+    "VSI_CACHE": "FALSE",
     "GDAL_CACHEMAX": 256,
+    # The GTiff driver fetches a window's tiles in one merged request only up to this many
+    # bytes (10 MB by default) and reads the rest with growing read-ahead, which ran past the
+    # strip into the next strip's tiles (fetched again by that strip): 7 % more bytes on a
+    # full tile. A strip's compressed tiles are held only while it is decoded.
+    "GDAL_MAX_RAW_BLOCK_CACHE_SIZE": 128 * 1024 * 1024,
 }
 
 
