@@ -187,8 +187,8 @@ def _limit_band(task: tuple[str, str, str, int]) -> int:
     import numpy as np
     import zarr
     from rasterio.io import MemoryFile
-    from zarr.codecs import BloscCodec
 
+    from scenestore.store.codec import band_codec
     from scenestore.store.layout import choose_chunk
 
     href, target, band, size = task
@@ -207,7 +207,7 @@ def _limit_band(task: tuple[str, str, str, int]) -> int:
         dtype=data.dtype,
         chunks=(chunk, chunk),
         fill_value=0,
-        compressors=[BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
+        compressors=[band_codec(data.dtype)],  # scenestore's codec
         overwrite=True,
         # No empty-chunk test before each write: zarr's costs ~10 ms per uint16 chunk under
         # numpy 2.4 (see scenestore.store.arrays._IntegerNDBuffer), and a limit pays no such tax.
@@ -223,9 +223,9 @@ def variant_peer(items: list[dict], store: Path, chunk: int) -> dict:
     import dask
     import odc.stac
     import pystac
-    from zarr.codecs import BloscCodec
 
     from scenestore.profiles import PROFILES
+    from scenestore.store.codec import band_codec
 
     keys = PROFILES["earth-search"].asset_keys
     started, cpu = time.perf_counter(), cpu_seconds()
@@ -248,12 +248,7 @@ def variant_peer(items: list[dict], store: Path, chunk: int) -> dict:
                 "dtype": "uint8" if b == "SCL" else "uint16",
                 "chunks": (chunk, chunk),
                 "_FillValue": 0,
-                # scenestore's codec: byte shuffle for uint16, bit shuffle for uint8.
-                "compressors": [
-                    BloscCodec(
-                        cname="zstd", clevel=3, shuffle="bitshuffle" if b == "SCL" else "shuffle"
-                    )
-                ],
+                "compressors": [band_codec("uint8" if b == "SCL" else "uint16")],
             }
             for b in ALL_BANDS
         }

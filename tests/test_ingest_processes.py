@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import threading
@@ -166,9 +167,74 @@ def test_a_memory_store_is_ingested_in_threads(world, tmp_path):
         assert manager.complete(result.identifier)
 
 
+_AUTO_CHILD = """
+import json, os, sys
+from pathlib import Path
+import pystac
+sys.path.insert(0, sys.argv[4])
+from test_ingest_processes import BANDS, Recording
+from scenestore.ingest import ingest_items
+items = [pystac.Item.from_dict(d) for d in json.loads(Path(sys.argv[1]).read_text())]
+manager = Recording(BANDS, sys.argv[2], stac_url=sys.argv[3], marks=Path(sys.argv[2]).parent)
+assert not any(r.error for r in ingest_items(manager, items))
+print(os.getpid())
+"""
+
+
+def test_small_scenes_use_both_cores_unasked(world, tmp_path, monkeypatch):
+    """Unset, two small scenes of a local store go to worker processes in a process with no
+    other thread (a fresh one here: the test process runs the world's servers)."""
+    import subprocess
+    import sys
+
+    from scenestore.procpool import small_scene_processes
+
+    if small_scene_processes(world.items[:2]) < 2:
+        pytest.skip("one usable core")
+    monkeypatch.delenv(PROCESSES_ENV, raising=False)
+    docs = tmp_path / "items.json"
+    docs.write_text(json.dumps([i.to_dict(transform_hrefs=False) for i in world.items[:2]]))
+    store = tmp_path / "store"
+    args = [str(docs), str(store), world.stac_url, str(Path(__file__).parent)]
+    run = subprocess.run(
+        [sys.executable, "-c", _AUTO_CHILD, *args], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    parent = run.stdout.split()[-1]
+    pids = {(tmp_path / f"es-l2a_{i.id}.pid").read_text().split()[0] for i in world.items[:2]}
+    assert parent not in pids, "ingested in worker processes"
+
+
+def test_only_known_small_items_choose_processes():
+    import pystac
+
+    from scenestore.procpool import small_scene_processes
+
+    def item(px: int | None) -> pystac.Item:
+        doc = {
+            "type": "Feature",
+            "stac_version": "1.0.0",
+            "id": f"s{px}",
+            "geometry": None,
+            "properties": {"datetime": "2024-06-01T00:00:00Z"},
+            "links": [],
+            "assets": {"red": {"href": "r.tif"}},
+        }
+        if px is not None:
+            doc["assets"]["red"]["proj:shape"] = [px, px]
+        return pystac.Item.from_dict(doc)
+
+    cores = small_scene_processes([item(1098)] * 8)
+    assert cores == min(len(os.sched_getaffinity(0)), 8) or cores == 1
+    assert small_scene_processes([item(1098)]) == 1  # one scene: nothing to share
+    assert small_scene_processes([item(1098), item(10980)]) == 1  # a full tile among them
+    assert small_scene_processes([item(1098), item(None)]) == 1  # a grid not known
+    assert small_scene_processes(["S2A_1", "S2A_2"]) == 1  # ids: not known
+
+
 def test_processes_wanted_reads_the_argument_then_the_environment(monkeypatch):
     monkeypatch.delenv(PROCESSES_ENV, raising=False)
-    assert processes_wanted() == 1  # unset: threads only (opt-in)
+    assert processes_wanted() == 1  # unset, no scenes: threads only
     assert processes_wanted(0) == 1
     assert processes_wanted(3) == 3
     monkeypatch.setenv(PROCESSES_ENV, "4")
@@ -258,3 +324,27 @@ def test_a_fork_waits_for_threads_that_used_proj_to_end():
         thread.join()
         _settle_threads()
         assert _forked_child_exits(functools.partial(lookup, 32633 + i % 5)), f"fork {i} hung"
+
+
+def test_workers_die_with_a_caller_killed_by_sigkill(world, tmp_path, monkeypatch):
+    """A caller killed with SIGKILL runs no clean-up: its workers must not write on."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    monkeypatch.setenv(PROCESSES_ENV, "2")
+    writer = Path(__file__).parent / "writer.py"
+    ids = [i.id for i in world.items[:2]]
+    args = [str(tmp_path / "store"), world.stac_url, ",".join(BANDS), *ids]
+    caller = subprocess.Popen([sys.executable, str(writer), *args], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    workers: list[psutil.Process] = []
+    while len(workers) < 2 and time.monotonic() < deadline and caller.poll() is None:
+        workers = psutil.Process(caller.pid).children()
+        time.sleep(0.01)
+    assert len(workers) >= 2, "the caller forked its workers"
+    caller.kill()
+    caller.wait(timeout=30)
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, f"workers outlived their caller: {alive}"

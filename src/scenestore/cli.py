@@ -464,6 +464,9 @@ def ingest(
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
+        # Redrawn as each scene finishes, not by a refresh thread: with no other thread
+        # running, small scenes can be ingested in forked worker processes (procpool).
+        auto_refresh=False,
     ) as progress:
         task = progress.add_task("", total=len(items))
         results = ingest_items(
@@ -471,7 +474,9 @@ def ingest(
             items,
             max_workers=parallel,
             retries=retries,
-            on_result=lambda r: progress.update(task, advance=1, description=r.identifier),
+            on_result=lambda r: progress.update(
+                task, advance=1, description=r.identifier, refresh=True
+            ),
         )
     elapsed = time.perf_counter() - started
     _print_summary(results, elapsed, searched=query is not None)

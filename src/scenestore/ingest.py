@@ -65,9 +65,10 @@ def ingest_items(
         on_result: Called after each scene as it finishes, e.g. to advance a progress bar;
             always in this process.
         processes: Worker processes at most (0 or 1: threads only); None reads
-            ``SCENESTORE_PROCESSES`` (unset: threads only). Used for two or more scenes of a
-            local store, up to ``max_workers`` and the number of scenes; see
-            :mod:`scenestore.procpool`.
+            ``SCENESTORE_PROCESSES`` (unset: one per core when every scene is a STAC item
+            of at most 2048 px, and this process runs no other thread; else threads). Used
+            for two or more scenes of a local store, up to ``max_workers`` and the number of
+            scenes; see :mod:`scenestore.procpool`.
 
     Returns:
         One result per scene, in input order.
@@ -82,7 +83,7 @@ def ingest_items(
         )
     items = list(items)
     asked = processes is not None or bool(os.environ.get(PROCESSES_ENV, "").strip())
-    workers = min(processes_wanted(processes), max_workers, len(items))
+    workers = min(processes_wanted(processes, items), max_workers, len(items))
 
     # Only TransientSourceError is retried: a local I/O error (StoreIOError, disk full) or a
     # user mistake would fail the same way again.

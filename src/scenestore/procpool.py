@@ -26,6 +26,8 @@ What a worker process keeps from the caller, and what it makes anew:
   divided between the workers, so the pool as a whole keeps one budget;
 - GDAL's HTTP cache is emptied, so no worker reuses a connection or a cached range of the
   caller's;
+- a worker dies with its caller: the kernel kills it when the caller ends (``prctl``
+  ``PR_SET_PDEATHSIG``), so a caller killed with SIGKILL leaves no worker writing on;
 - the per-scene writer lock is a file lock (``flock``), held by the worker that writes and
   released by the kernel if it dies; a band is present only once its commit record is
   written, so a killed worker leaves nothing that looks present.
@@ -37,11 +39,13 @@ if that one dies too, the scene is reported failed and the others are stored.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -60,10 +64,17 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Worker processes for batch ingest: a number, ``0``/``1``/``off`` for none (threads only);
-#: unset means none.
+#: unset means one per core for small scenes (:func:`small_scene_processes`), else none.
 PROCESSES_ENV = "SCENESTORE_PROCESSES"
 
+#: Largest grid edge (pixels, any asset) of a scene ingested in worker processes unasked: a
+#: worker holds its scene in memory, and two full tiles at once would pass the 1 GB a
+#: full-tile ingest keeps to, while small scenes leave a core idle in threads.
+SMALL_SCENE_PX = 2048
+
 _OFF = frozenset({"off", "no", "false", "none"})
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 #: Seconds to wait at most, before forking, for this process's other threads to stop running.
 SETTLE_TIMEOUT_S = 2.0
@@ -75,11 +86,13 @@ WORKER_DIED = (
 )
 
 
-def processes_wanted(processes: int | None = None) -> int:
-    """The worker processes asked for: ``processes``, else :data:`PROCESSES_ENV`, else none.
+def processes_wanted(processes: int | None = None, items: Sequence[object] = ()) -> int:
+    """The worker processes asked for: ``processes``, else :data:`PROCESSES_ENV`, else one
+    per core when ``items`` are small scenes (:func:`small_scene_processes`).
 
     Args:
         processes: An explicit count (0 or 1: none), or None to read the environment.
+        items: The scenes, for the default.
 
     Returns:
         The count (1 means no worker processes).
@@ -89,7 +102,9 @@ def processes_wanted(processes: int | None = None) -> int:
     """
     if processes is None:
         text = os.environ.get(PROCESSES_ENV, "").strip().lower()
-        if not text or text in _OFF:
+        if not text:
+            return small_scene_processes(items)
+        if text in _OFF:
             return 1
         try:
             processes = int(text)
@@ -103,6 +118,29 @@ def processes_wanted(processes: int | None = None) -> int:
             f"Worker processes {processes!r} is below 0; expected a count, or 0 for none."
         )
     return max(processes, 1)
+
+
+def small_scene_processes(items: Sequence[object]) -> int:
+    """One worker per usable core when there are two or more scenes, all small; else 1.
+
+    A scene is small when it is a STAC item whose assets' ``proj:shape`` are all known and at
+    most :data:`SMALL_SCENE_PX` on a side. Ids, and items without ``proj:shape``, are not
+    known to be small (a full tile in each of two workers would double the memory).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if not cores or cores < 2 or len(items) < 2:
+        return 1
+    for item in items:
+        assets = getattr(item, "assets", None)
+        if not isinstance(assets, dict) or not assets:
+            return 1
+        for asset in assets.values():
+            shape = getattr(asset, "extra_fields", {}).get("proj:shape")
+            if not isinstance(shape, list | tuple) or not shape:
+                return 1
+            if max(int(n) for n in shape) > SMALL_SCENE_PX:
+                return 1
+    return min(cores, len(items))
 
 
 def unfit_for_processes(manager: StoreManager[T], *, asked: bool = True) -> str | None:
@@ -184,7 +222,7 @@ def _run_pool(
             max_workers=processes,
             mp_context=multiprocessing.get_context("fork"),
             initializer=_start_worker,  # type: ignore[arg-type]
-            initargs=(run_one, items, processes, gate_dir),  # type: ignore[arg-type]
+            initargs=(run_one, items, processes, gate_dir, os.getpid()),  # type: ignore[arg-type]
         )
         died: list[int] = []
         try:
@@ -264,9 +302,11 @@ def _start_worker(
     items: Sequence[object],
     processes: int,
     gate_dir: str | None,
+    parent: int,
 ) -> None:
     """Keep the scene function and items; give this process its share of the budget."""
     global _run_one, _items
+    _die_with(parent)
     _run_one, _items = run_one, items
     from scenestore import throttle
     from scenestore.gdal import clear_http_cache
@@ -289,6 +329,23 @@ def _start_worker(
         throttle.set_fleet_gate(throttle.FileGate(gate_dir))
     if "rasterio" in sys.modules:
         clear_http_cache()
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this worker when ``parent`` (the caller) ends, however it ends.
+
+    A caller killed with SIGKILL runs no clean-up, and its workers would go on writing to the
+    store after the user saw the ingest stop. (The pool forks from the thread that called
+    :func:`ingest_in_processes`, which waits for the pool, so that thread's end, which is what
+    the kernel watches, is the caller's.)
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: nothing to ask
+        return
+    if os.getppid() != parent:  # the caller ended before the request took effect
+        os._exit(1)
 
 
 def _forget_thread_pools() -> None:

@@ -19,7 +19,6 @@ import shapely.geometry
 import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
-from zarr.codecs import BloscCodec, BloscShuffle
 
 from scenestore.bands import BAND_SPECS, normalize_bands
 from scenestore.errors import (
@@ -40,6 +39,7 @@ from scenestore.redact import install_log_redaction, redact, strip_query
 from scenestore.reflectance import reflectance_of
 from scenestore.search import api_error, malformed, open_client, unreachable
 from scenestore.store.arrays import FOOTPRINT_COVERAGE, json_safe
+from scenestore.store.codec import CLEVEL, band_codec
 from scenestore.store.layout import choose_chunk
 from scenestore.throttle import asset_read, reader_driver
 
@@ -59,7 +59,8 @@ class StacStoreManager(StoreManager[pystac.Item]):
         stac_url: STAC API root URL; defaults to the profile's.
         chunk_size: Stored chunk edge in pixels; by default one that divides the grid evenly
             near 1830 px (exactly 1830 px for a full tile).
-        clevel: zstd compression level of the stored chunks.
+        clevel: zstd compression level of the stored chunks (default
+            :data:`scenestore.store.codec.CLEVEL`).
 
     Raises:
         InvalidRequestError: If a band or the profile is unknown.
@@ -73,7 +74,7 @@ class StacStoreManager(StoreManager[pystac.Item]):
         profile: str | Profile = "earth-search",
         stac_url: str | None = None,
         chunk_size: int | None = None,
-        clevel: int = 3,
+        clevel: int = CLEVEL,
     ) -> None:
         super().__init__(normalize_bands(bands), store)
         self.profile = get_profile(profile)
@@ -114,6 +115,8 @@ class StacStoreManager(StoreManager[pystac.Item]):
     def encodings(self, bands: list[str]) -> dict[str, dict]:
         """Return uint16 (reflectance) / uint8 (SCL) zarr encodings, fill 0, Blosc zstd.
 
+        The codec is :func:`scenestore.store.codec.band_codec` (zstd level ``clevel``).
+
         Chunks are left to the store (a divisor of the grid) unless ``chunk_size`` was given.
         """
         encodings = {}
@@ -126,17 +129,7 @@ class StacStoreManager(StoreManager[pystac.Item]):
             encodings[band] = {
                 "dtype": spec.dtype,
                 "fill_value": spec.nodata,
-                "compressors": [
-                    BloscCodec(
-                        cname="zstd",
-                        clevel=self.clevel,
-                        # byte shuffle for uint16; none for uint8 SCL, where bit shuffle
-                        # stored 22 % more (README, "The codec, measured")
-                        shuffle=BloscShuffle.noshuffle
-                        if spec.dtype == "uint8"
-                        else BloscShuffle.shuffle,
-                    )
-                ],
+                "compressors": [band_codec(spec.dtype, self.clevel)],
             }
             if self.chunk_size:
                 encodings[band]["chunks"] = (self.chunk_size, self.chunk_size)
