@@ -544,7 +544,10 @@ def bench_ingest(pairs: int) -> dict[str, Any]:
         for n, pair in enumerate(order):
             for mode in pair:
                 store = Path(tmp) / f"{mode}-{n}"
-                env = {**ENV, "SCENESTORE_INDEX": "off"} if mode == "off" else ENV
+                # Threads: the write path's timer runs in this interpreter, not in workers.
+                env = {**ENV, "SCENESTORE_PROCESSES": "0"}
+                if mode == "off":
+                    env["SCENESTORE_INDEX"] = "off"
                 args = ["--variant", "ingest", "--items", str(items_file), "--store", str(store)]
                 runs[mode].append(run_child(args, env))
                 shutil.rmtree(store, ignore_errors=True)
