@@ -230,6 +230,9 @@ def test_only_known_small_items_choose_processes():
     assert small_scene_processes([item(1098), item(10980)]) == 1  # a full tile among them
     assert small_scene_processes([item(1098), item(None)]) == 1  # a grid not known
     assert small_scene_processes(["S2A_1", "S2A_2"]) == 1  # ids: not known
+    damaged = item(1098)
+    damaged.assets["red"].extra_fields["proj:shape"] = ["1098", None]
+    assert small_scene_processes([item(1098), damaged]) == 1  # damaged: threads, no error
 
 
 def test_processes_wanted_reads_the_argument_then_the_environment(monkeypatch):

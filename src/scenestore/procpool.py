@@ -138,7 +138,8 @@ def small_scene_processes(items: Sequence[object]) -> int:
             shape = getattr(asset, "extra_fields", {}).get("proj:shape")
             if not isinstance(shape, list | tuple) or not shape:
                 return 1
-            if max(int(n) for n in shape) > SMALL_SCENE_PX:
+            # damaged metadata is the scene's to report when it is read, not a reason to fail
+            if not all(isinstance(n, int) and 0 < n <= SMALL_SCENE_PX for n in shape):
                 return 1
     return min(cores, len(items))
 
